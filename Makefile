@@ -1,0 +1,49 @@
+# vte-proxy — `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= gateway.yaml.example
+PORT   ?= 8050
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint schema helm-lint docker bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/vte-proxy: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/vte-proxy ## create .venv and install the project with its dev tools
+
+run: venv ## serve gateway.yaml.example on :8050 (demo key sk-demo, model demo/echo)
+	$(BIN)/vte-proxy serve --config $(CONFIG) --port $(PORT)
+
+test: venv ## run the test suite (installs Chromium for the status-page test if missing)
+	@command -v chromium >/dev/null 2>&1 || $(MAKE) --no-print-directory chromium
+	$(BIN)/python -m pytest -q
+
+chromium: ## install Debian's chromium (the browser the status-page test drives)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+lint: venv ## ruff and mypy --strict
+	$(BIN)/ruff check vte_proxy tests bench
+	$(BIN)/mypy
+
+schema: venv ## write gateway.schema.json (for yaml-language-server)
+	$(BIN)/vte-proxy schema > gateway.schema.json
+
+helm-lint: venv ## render, lint and validate the Helm chart and dashboard
+	$(BIN)/python -m pytest -q tests/test_helm_chart.py tests/test_dashboard.py tests/test_dockerfile.py
+
+docker: ## build the container image (needs a Docker engine)
+	docker build -t vte-proxy:latest .
+
+bench: venv ## side-by-side benchmark (wrk + nginx from Debian); not part of `make test`
+	$(BIN)/python bench/run.py
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

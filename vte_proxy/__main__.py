@@ -1,0 +1,3 @@
+from vte_proxy.cli import main
+
+raise SystemExit(main())

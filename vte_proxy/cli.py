@@ -1,0 +1,116 @@
+"""The command line: ``vte-proxy serve | check | schema``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+import orjson
+
+from vte_proxy import __version__
+from vte_proxy.loader import ConfigError, load_config
+from vte_proxy.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vte-proxy", description="Declarative OpenAI-compatible LLM API gateway.")
+    ap.add_argument("--version", action="version", version=f"vte-proxy {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="gateway.yaml (env VTE_CONFIG; default ./gateway.yaml)")
+    serve.add_argument("--host", help="listen address (env VTE_HOST; default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="listen port (env VTE_PORT; default 8050)")
+    serve.add_argument("--workers", type=int, help="worker processes (env VTE_WORKERS; default 1)")
+    check = sub.add_parser("check", help="validate a config offline and print its routing table")
+    check.add_argument("path")
+    sub.add_parser("schema", help="print the JSON Schema of gateway.yaml")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return check(args.path)
+    if args.command == "schema":
+        return schema()
+    overrides = {k: v for k, v in vars(args).items() if k in ("config", "host", "port", "workers") and v is not None}
+    return serve(Settings(**overrides))
+
+
+def check(path: str) -> int:
+    """Validate offline (discovery is not run): exit 0 and the routing table, or 1 and every error."""
+    from vte_proxy.routing import build_routing
+
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.issues)} error(s)", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    config = loaded.config
+    table = build_routing(config, {})
+    print(f"{path}: valid (sha256 {loaded.sha256[:12]}), {len(config.providers)} provider(s), "
+          f"{len(config.keys)} key(s)")
+    width = max((len(n) for n in table.entries), default=10)
+    for entry in table.entries.values():
+        if entry.route:
+            print(f"  {entry.name:<{width}}  -> route: {', '.join(t.exposed for t in entry.targets)}")
+        else:
+            t = entry.targets[0]
+            print(f"  {entry.name:<{width}}  -> {t.provider}: {t.upstream_model}")
+    for p in config.providers:
+        if p.discover.enabled:
+            print(f"  ({p.name}: more models from discovery at run time, include {list(p.discover.include)}, "
+                  f"exclude {list(p.discover.exclude)})")
+    return 0
+
+
+def schema() -> int:
+    from vte_proxy.config import GatewayConfig
+
+    doc: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                           "$id": "https://github.com/vte-proxy/vte-proxy/gateway.schema.json",
+                           **GatewayConfig.model_json_schema(mode="validation")}
+    doc["title"] = "vte-proxy gateway.yaml"
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    from vte_proxy.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        loaded = load_config(settings.config)  # fail fast, readably, before any worker starts
+    except ConfigError as exc:
+        print(f"vte-proxy: cannot start, {settings.config} is invalid:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    import uvicorn
+
+    common: dict[str, Any] = dict(
+        host=settings.host, port=settings.port, loop="uvloop", http="httptools", ws="websockets-sansio",
+        lifespan="on", log_config=None, access_log=False, server_header=False, proxy_headers=False,
+        timeout_graceful_shutdown=int(loaded.config.server.shutdown_grace) or None, timeout_keep_alive=75,
+    )
+    if settings.workers == 1:
+        from vte_proxy.app import create_app
+
+        uvicorn.Server(uvicorn.Config(create_app(settings.config), **common)).run()
+        return 0
+    # Several workers share one metrics view: prometheus_client's multiprocess directory must
+    # exist, be empty, and be in the environment before any worker imports the client.
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                        f"vte-proxy-metrics-{settings.port}")
+    shutil.rmtree(mp_dir, ignore_errors=True)
+    os.makedirs(mp_dir, exist_ok=True)
+    os.environ.update(PROMETHEUS_MULTIPROC_DIR=mp_dir, VTE_CONFIG=os.path.abspath(settings.config),
+                      VTE_LOG_LEVEL=settings.log_level, VTE_LOG_FORMAT=settings.log_format)
+    uvicorn.run("vte_proxy.app:app_from_env", factory=True, workers=settings.workers, **common)
+    return 0

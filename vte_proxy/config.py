@@ -1,0 +1,165 @@
+"""The schema of gateway.yaml: immutable, validated pydantic models.
+
+A :class:`GatewayConfig` is a value: it is built once by :func:`vte_proxy.loader.load_config`,
+never mutated, and replaced as a whole on reload.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+StreamMode = Literal["auto", "force_stream", "force_non_stream"]
+ProviderType = Literal["openai", "vertex-express", "echo"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+
+
+def parse_duration(value: Any) -> Any:
+    """``5s``, ``250ms``, ``10m``, ``1h`` or a number of seconds -> seconds as a float."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 250ms, 10m or a number of seconds")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError("expected a duration like 30s, 250ms, 10m or a number of seconds")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=float | str), Field(ge=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeyConfig(_Frozen):
+    """A client key. The key itself never appears in logs, metrics or pages; ``name`` does."""
+
+    name: str = Field(pattern=_NAME, description="Shown in logs and metrics.")
+    key: SecretStr | None = Field(None, description="The key, usually ${VAR}.")
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 hex of the key.")
+    models: tuple[str, ...] = Field(("*",), description="Allow-list of globs over exposed model names.")
+    status: bool = Field(False, description="May open the status page (and /metrics with metrics.auth).")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeyConfig:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key or key_sha256")
+        if self.key is not None and not self.key.get_secret_value():
+            raise ValueError("key is empty")
+        return self
+
+
+class Timeouts(_Frozen):
+    connect: Duration = Field(10.0, description="TCP/TLS connect.")
+    first_byte: Duration = Field(60.0, description="Until the response headers; 504 beyond.")
+    idle: Duration = Field(120.0, description="Longest silence inside a stream.")
+    total: Duration | None = Field(None, description="Whole request including the stream; none by default.")
+
+
+class Discover(_Frozen):
+    enabled: bool = False
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    interval: Duration = Field(600.0, gt=0)
+
+
+class ProviderConfig(_Frozen):
+    name: str = Field(pattern=_NAME)
+    type: ProviderType
+    base_url: str | None = Field(None, description="API root, e.g. https://api.openai.com/v1")
+    api_key: SecretStr | None = None
+    prefix: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:-]*)?$")
+    models: tuple[str, ...] = ()
+    discover: Discover = Discover()
+    stream_mode: StreamMode | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: Timeouts = Timeouts()
+    retries: int = Field(0, ge=0, le=10)
+    max_connections: int = Field(256, ge=1, le=100_000, description="Upstream connection pool size.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", name):
+                raise ValueError(f"invalid header name {name!r}")
+            if name.lower() in {"host", "content-length", "transfer-encoding", "connection"}:
+                raise ValueError(f"header {name!r} is managed by the gateway")
+        return v
+
+    @model_validator(mode="after")
+    def _by_type(self) -> ProviderConfig:
+        if self.type == "openai" and self.base_url is None:
+            raise ValueError("base_url is required for type openai")
+        if self.type == "vertex-express" and self.api_key is None:
+            raise ValueError("api_key is required for type vertex-express")
+        if self.type != "openai" and self.discover.enabled:
+            raise ValueError(f"discover is only supported for type openai, not {self.type}")
+        if not self.models and not self.discover.enabled:
+            raise ValueError("models must list at least one model (or enable discover)")
+        return self
+
+
+class RouteConfig(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+    targets: tuple[str, ...] = Field(min_length=1)
+
+
+class CorsConfig(_Frozen):
+    allow_origins: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ("authorization", "content-type", "x-api-key", "x-goog-api-key")
+    max_age: int = 600
+
+
+class ServerConfig(_Frozen):
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_concurrency: int = Field(1000, ge=1)
+    shutdown_grace: Duration = 30.0
+    body_timeout: Duration = Field(30.0, gt=0, description="Longest wait for the client's request body.")
+
+
+class MetricsConfig(_Frozen):
+    auth: bool = False
+
+
+class GatewayConfig(_Frozen):
+    """The whole of gateway.yaml."""
+
+    version: Literal[1]
+    stream_mode: StreamMode = "auto"
+    keys: tuple[KeyConfig, ...] = Field(min_length=1)
+    providers: tuple[ProviderConfig, ...] = Field(min_length=1)
+    routes: tuple[RouteConfig, ...] = ()
+    cors: CorsConfig = CorsConfig()
+    server: ServerConfig = ServerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        for field in ("keys", "providers", "routes"):
+            seen: dict[str, int] = {}
+            for i, item in enumerate(getattr(self, field)):
+                if item.name in seen:
+                    raise ValueError(f"{field}[{i}].name: {item.name!r} is already used by {field}[{seen[item.name]}]")
+                seen[item.name] = i
+        return self
+
+    def provider(self, name: str) -> ProviderConfig:
+        return next(p for p in self.providers if p.name == name)

@@ -1,0 +1,92 @@
+"""``type: openai``: any OpenAI-compatible API (OpenAI, Azure, Anthropic's compat API, Ollama, vLLM).
+
+The client's body is forwarded with only ``model`` (and, for streams, ``stream_options``)
+changed. The upstream key is sent as ``Authorization: Bearer``; the client's own headers never
+are, except an allow-list of harmless ones (see :data:`vte_proxy.proxy.FORWARDED_HEADERS`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from vte_proxy.config import ProviderConfig
+from vte_proxy.errors import UpstreamError
+from vte_proxy.providers.base import ENDPOINTS, Answer, Call, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.sse import split_events
+from vte_proxy.upstream import Upstream
+
+_STREAMING = ("chat/completions", "completions", "responses")
+
+
+class OpenAIProvider(Provider):
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(config)
+        assert config.base_url is not None
+        self.upstream = Upstream(config, transport)
+        self._base = config.base_url
+        self._urls = {ep: f"{self._base}/{ep}" for ep in ENDPOINTS}
+        # Built once per config: the hot path only copies this dict.
+        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        if config.api_key is not None:
+            headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+        headers.update({k.lower(): v for k, v in config.headers.items()})
+        self._headers = headers
+
+    def _body(self, call: Call) -> bytes:
+        body: dict[str, Any] = dict(call.body)
+        body["model"] = call.target.upstream_model
+        if call.endpoint in ("chat/completions", "completions"):
+            if call.stream:
+                body["stream"] = True
+                options = body.get("stream_options")
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            else:
+                if "stream" in body:
+                    body["stream"] = False
+                body.pop("stream_options", None)  # strict upstreams reject it on a non-stream call
+        elif call.endpoint == "responses":
+            body["stream"] = call.stream
+        return orjson.dumps(body)
+
+    async def send(self, call: Call) -> Answer:
+        self.check_endpoint(call.endpoint)
+        headers = self._headers
+        if call.headers:
+            headers = {**call.headers, **headers}
+        response = await self.upstream.send("POST", self._urls[call.endpoint], headers, self._body(call))
+        if call.stream and call.endpoint in _STREAMING:
+            return StreamAnswer(split_events(response.iter_bytes()), response.aclose)
+        try:
+            raw = await response.read()
+        finally:
+            await response.aclose()
+        return JsonAnswer(parse_json_answer(self.name, raw))
+
+    async def discover(self) -> tuple[str, ...]:
+        response = await self.upstream.send("GET", f"{self._base}/models",
+                                            {k: v for k, v in self._headers.items() if k != "content-type"})
+        try:
+            raw = await response.read()
+        finally:
+            await response.aclose()
+        data = parse_json_answer(self.name, raw).get("data")
+        if not isinstance(data, list):
+            raise UpstreamError(502, f"provider {self.name!r} answered /models without a data list", "discovery")
+        return tuple(m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+def parse_json_answer(provider: str, raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(502, f"provider {provider!r} answered with invalid JSON", "protocol") from None
+    if not isinstance(body, dict):
+        raise UpstreamError(502, f"provider {provider!r} answered with a JSON {type(body).__name__}, "
+                            "not an object", "protocol")
+    return body

@@ -1,0 +1,566 @@
+"""OpenAI ``/v1/chat/completions`` request body -> Vertex AI ``generateContent`` request body.
+
+Pure translation, no I/O; the input body is never mutated. Anything that cannot be
+translated faithfully raises :class:`~vte_proxy.errors.GatewayError` (400) naming the field.
+See :mod:`vte_proxy.providers.vertex_mapping` for the tool-call id / ``thoughtSignature`` scheme.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import string
+from typing import Any
+
+from vte_proxy.errors import GatewayError
+
+_ALNUM = string.ascii_letters + string.digits
+_TS_SEP = "__ts__"
+_ID_RE = re.compile(r"call_[A-Za-z0-9]{24}__ts__([A-Za-z0-9_-]+)")
+_B64_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_FN_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
+_MIME_BY_EXT = {
+    "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif",
+    "webp": "image/webp", "heic": "image/heic", "heif": "image/heif", "pdf": "application/pdf",
+    "txt": "text/plain", "mp3": "audio/mp3", "wav": "audio/wav", "flac": "audio/flac",
+    "ogg": "audio/ogg", "aac": "audio/aac", "m4a": "audio/m4a", "mp4": "video/mp4",
+    "mov": "video/mov", "webm": "video/webm", "mpeg": "video/mpeg",
+}
+_AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3", "flac": "audio/flac", "ogg": "audio/ogg",
+               "aac": "audio/aac", "aiff": "audio/aiff", "m4a": "audio/m4a", "pcm16": "audio/pcm"}
+# reasoning_effort -> thinkingConfig.thinkingBudget (the budgets Google's own OpenAI layer uses).
+_THINKING_BUDGET = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
+_TOOL_CHOICE_MODE = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
+_MAX_SCHEMA_DEPTH = 64
+_PENALTY_MAX = math.nextafter(2.0, 0.0)  # Vertex's penalty range is [-2, 2)
+
+
+def _bad(message: str) -> GatewayError:
+    return GatewayError(400, message, code="invalid_request")
+
+
+# --- tool-call ids carrying Gemini thought signatures ---------------------------------------
+
+def new_tool_call_id(thought_signature: str | None = None) -> str:
+    """``call_`` + 24 random alphanumerics, plus ``__ts__<base64url signature>`` when given."""
+    call_id = "call_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
+    if thought_signature and _B64_RE.fullmatch(thought_signature):
+        call_id += _TS_SEP + thought_signature.rstrip("=").replace("+", "-").replace("/", "_")
+    return call_id
+
+
+def thought_signature_from_id(call_id: str) -> str | None:
+    """The standard-base64 ``thoughtSignature`` encoded in ``call_id`` by :func:`new_tool_call_id`."""
+    match = _ID_RE.fullmatch(call_id)
+    if match is None:
+        return None
+    sig = match.group(1).replace("-", "+").replace("_", "/")
+    return sig + "=" * (-len(sig) % 4)
+
+
+# --- JSON Schema -> Vertex Schema (OpenAPI subset) -------------------------------------------
+
+def clean_schema(schema: Any, where: str) -> dict[str, Any]:
+    """A JSON Schema rewritten to the subset Vertex accepts (``$ref`` inlined, unknown keys dropped)."""
+    if not isinstance(schema, dict):
+        raise _bad(f"{where} must be a JSON schema object")
+    defs: dict[str, Any] = {}
+    for key in ("definitions", "$defs"):
+        found = schema.get(key)
+        if found is not None:
+            if not isinstance(found, dict):
+                raise _bad(f"{where}.{key} must be an object")
+            defs.update(found)
+    return _clean(schema, defs, where, (), 0)
+
+
+def _ref_target(ref: Any, defs: dict[str, Any], where: str) -> tuple[str, Any]:
+    for prefix in ("#/$defs/", "#/definitions/"):
+        if isinstance(ref, str) and ref.startswith(prefix) and ref[len(prefix):] in defs:
+            return ref[len(prefix):], defs[ref[len(prefix):]]
+    raise _bad(f"{where}: unsupported $ref {ref!r} (only local #/$defs/ or #/definitions/ references)")
+
+
+def _merge_all_of(schema: dict[str, Any], defs: dict[str, Any], where: str) -> dict[str, Any]:
+    subs = schema["allOf"]
+    if not isinstance(subs, list):
+        raise _bad(f"{where}.allOf must be a list")
+    merged = {k: v for k, v in schema.items() if k != "allOf"}
+    for sub in subs:
+        if isinstance(sub, dict) and "$ref" in sub:
+            target = _ref_target(sub["$ref"], defs, where)[1]
+            sub = {**target, **{k: v for k, v in sub.items() if k != "$ref"}}
+        if not isinstance(sub, dict):
+            raise _bad(f"{where}.allOf entries must be objects")
+        for key, value in sub.items():
+            if key == "properties" and isinstance(value, dict):
+                merged["properties"] = {**merged.get("properties", {}), **value}
+            elif key == "required" and isinstance(value, list):
+                merged["required"] = [*merged.get("required", []), *value]
+            else:
+                merged.setdefault(key, value)
+    return merged
+
+
+def _clean(
+    schema: Any, defs: dict[str, Any], where: str, refs: tuple[str, ...], depth: int
+) -> dict[str, Any]:
+    if schema is True or schema == {}:
+        return {}
+    if not isinstance(schema, dict):
+        raise _bad(f"{where} must be a JSON schema object")
+    if depth > _MAX_SCHEMA_DEPTH:
+        raise _bad(f"{where}: JSON schema nested too deeply")
+    if "$ref" in schema:
+        name, target = _ref_target(schema["$ref"], defs, where)
+        if name in refs:
+            raise _bad(f"{where}: recursive $ref {schema['$ref']!r} is not supported")
+        if not isinstance(target, dict):
+            raise _bad(f"{where}: $ref {schema['$ref']!r} does not point to a schema object")
+        merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        return _clean(merged, defs, where, (*refs, name), depth + 1)
+    if "allOf" in schema:
+        return _clean(_merge_all_of(schema, defs, where), defs, where, refs, depth + 1)
+
+    out: dict[str, Any] = {}
+    description = schema.get("description")
+    if isinstance(description, str) and description:
+        out["description"] = description
+    nullable = schema.get("nullable") is True
+    jtype = schema.get("type")
+
+    def sub(value: Any, path: str) -> dict[str, Any]:
+        return _clean(value, defs, f"{where}{path}", refs, depth + 1)
+
+    variants = schema.get("anyOf", schema.get("oneOf"))
+    if isinstance(jtype, list):
+        names = [t for t in jtype if t != "null"]
+        nullable = nullable or len(names) < len(jtype)
+        if len(names) > 1:
+            rest = {k: v for k, v in schema.items() if k not in ("type", "description", "nullable")}
+            variants = [{**rest, "type": t} for t in names]
+        jtype = names[0] if len(names) == 1 else None
+    if variants is not None:
+        if not isinstance(variants, list):
+            raise _bad(f"{where}.anyOf must be a list")
+        cleaned = []
+        for i, variant in enumerate(variants):
+            if isinstance(variant, dict) and variant.get("type") == "null":
+                nullable = True
+            else:
+                cleaned.append(sub(variant, f".anyOf[{i}]"))
+        if len(cleaned) == 1:
+            merged = {**cleaned[0], **out}
+            if nullable:
+                merged["nullable"] = True
+            return merged
+        if cleaned:
+            out["anyOf"] = cleaned
+        if nullable:
+            out["nullable"] = True
+        return out
+
+    enum = schema.get("enum", [schema["const"]] if "const" in schema else None)
+    values = [v for v in enum if v is not None] if isinstance(enum, list) else []
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if jtype is None:
+        if isinstance(schema.get("properties"), dict):
+            jtype = "object"
+        elif "items" in schema:
+            jtype = "array"
+        elif values:
+            if all(isinstance(v, bool) for v in values):
+                jtype = "boolean"
+            elif len(numbers) == len(values):
+                jtype = "integer" if all(isinstance(v, int) for v in numbers) else "number"
+            else:
+                jtype = "string"
+    if jtype == "null":
+        jtype, nullable = None, True
+    elif jtype is not None:
+        if not isinstance(jtype, str) or jtype.lower() not in (
+                "string", "number", "integer", "boolean", "array", "object"):
+            raise _bad(f"{where}: unsupported JSON schema type {jtype!r}")
+        jtype = jtype.lower()
+        out["type"] = jtype.upper()
+    if nullable:
+        out["nullable"] = True
+
+    if isinstance(enum, list) and enum:
+        if None in enum:
+            out["nullable"] = True
+        if jtype == "string":
+            out["enum"] = [v if isinstance(v, str) else json.dumps(v) for v in values]
+        elif values:  # Vertex only accepts enums on strings: keep the constraint as text
+            note = "Allowed values: " + ", ".join(json.dumps(v) for v in values) + "."
+            out["description"] = f"{out['description']} {note}" if "description" in out else note
+
+    fmt = schema.get("format")
+    if isinstance(fmt, str) and (jtype, fmt) in (
+            ("string", "date-time"), ("string", "enum"), ("number", "float"), ("number", "double"),
+            ("integer", "int32"), ("integer", "int64")):
+        out["format"] = fmt
+    int_keys = {"string": ("minLength", "maxLength"), "array": ("minItems", "maxItems"),
+                "object": ("minProperties", "maxProperties")}.get(jtype or "", ())
+    for key in int_keys:
+        value = schema.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            out[key] = value
+    if jtype == "string" and isinstance(schema.get("pattern"), str):
+        out["pattern"] = schema["pattern"]
+    if jtype in ("number", "integer"):
+        for key in ("minimum", "maximum"):
+            value = schema.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[key] = value
+    if jtype == "object":
+        props = schema.get("properties")
+        if props is not None and not isinstance(props, dict):
+            raise _bad(f"{where}.properties must be an object")
+        if props:
+            out["properties"] = {str(k): sub(v, f".properties.{k}") for k, v in props.items()}
+            required = schema.get("required")
+            if isinstance(required, list):
+                names = [r for r in required if isinstance(r, str) and r in props]
+                if names:
+                    out["required"] = list(dict.fromkeys(names))
+    if jtype == "array":
+        items = schema.get("items")
+        if isinstance(items, list):  # tuple validation: accept any of the listed item schemas
+            items = items[0] if len(items) == 1 else {"anyOf": items} if items else None
+        if items is not None:
+            out["items"] = sub(items, ".items")
+    return out
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+def _text_of(content: Any, where: str, allowed: tuple[str, ...] = ("text",)) -> list[str]:
+    """The texts of a content that may only hold text (string, or a list of text parts)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        raise _bad(f"{where}.content must be a string or a list of content parts")
+    texts = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in allowed:
+            raise _bad(f"{where}.content[{i}]: only {' and '.join(allowed)} parts are supported here")
+        text = part.get(kind if kind == "refusal" else "text")
+        if not isinstance(text, str):
+            raise _bad(f"{where}.content[{i}].{kind} must be a string")
+        texts.append(text)
+    return texts
+
+
+def _mime_from_name(name: str, default: str) -> str:
+    path = name.split("?", 1)[0].split("#", 1)[0]
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    return _MIME_BY_EXT.get(ext, default)
+
+
+def _media_part(url: Any, where: str, default_mime: str = "image/jpeg") -> dict[str, Any]:
+    if not isinstance(url, str) or not url:
+        raise _bad(f"{where} must be a non-empty URL string")
+    if url.startswith("data:"):
+        header, sep, payload = url[5:].partition(",")
+        mime, _, enc = header.partition(";")
+        if not sep or enc.lower() != "base64" or not payload:
+            raise _bad(f"{where}: data: URLs must be base64-encoded (data:<mime>;base64,<data>)")
+        return {"inlineData": {"mimeType": mime or default_mime, "data": payload}}
+    if url.startswith(("https://", "gs://")):
+        return {"fileData": {"mimeType": _mime_from_name(url, default_mime), "fileUri": url}}
+    raise _bad(f"{where}: only data:, https:// and gs:// URLs are supported")
+
+
+def _user_part(part: Any, where: str) -> dict[str, Any] | None:
+    if not isinstance(part, dict):
+        raise _bad(f"{where} must be a content part object")
+    kind = part.get("type")
+    if kind == "text":
+        if not isinstance(part.get("text"), str):
+            raise _bad(f"{where}.text must be a string")
+        return {"text": part["text"]} if part["text"] else None
+    if kind == "image_url":
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else image
+        return _media_part(url, f"{where}.image_url.url")
+    if kind == "input_audio":
+        audio = part.get("input_audio")
+        data = audio.get("data") if isinstance(audio, dict) else None
+        fmt = audio.get("format") if isinstance(audio, dict) else None
+        if not isinstance(data, str) or not data or fmt not in _AUDIO_MIME:
+            raise _bad(f"{where}.input_audio needs base64 'data' and a 'format' among {sorted(_AUDIO_MIME)}")
+        return {"inlineData": {"mimeType": _AUDIO_MIME[fmt], "data": data}}
+    if kind == "file":
+        file = part.get("file")
+        if not isinstance(file, dict):
+            raise _bad(f"{where}.file must be an object")
+        data, file_id = file.get("file_data"), file.get("file_id")
+        filename = file.get("filename")
+        name = filename if isinstance(filename, str) else ""
+        if isinstance(data, str) and data.startswith("data:"):
+            return _media_part(data, f"{where}.file.file_data", _mime_from_name(name, "application/pdf"))
+        if isinstance(data, str) and data:
+            return {"inlineData": {"mimeType": _mime_from_name(name, "application/pdf"), "data": data}}
+        if isinstance(file_id, str) and file_id.startswith(("https://", "gs://")):
+            return _media_part(file_id, f"{where}.file.file_id", _mime_from_name(name, "application/pdf"))
+        raise _bad(f"{where}.file: give file_data (base64 or a data: URL) or a gs:// / https:// file_id; "
+                   "uploaded file ids are not supported by this provider")
+    raise _bad(f"{where}: unsupported content part type {kind!r}")
+
+
+def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    if not isinstance(content, list):
+        raise _bad(f"{where}.content must be a string or a list of content parts")
+    parts = [_user_part(p, f"{where}.content[{i}]") for i, p in enumerate(content)]
+    return [p for p in parts if p is not None]
+
+
+def _function_call_part(call: Any, where: str) -> tuple[str, str, dict[str, Any]]:
+    fn = call.get("function") if isinstance(call, dict) else None
+    call_id = call.get("id") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(call_id, str) or not call_id:
+        raise _bad(f"{where} must be an object with 'id' and 'function'")
+    name, raw = fn.get("name"), fn.get("arguments")
+    if not isinstance(name, str) or not name:
+        raise _bad(f"{where}.function.name must be a non-empty string")
+    if isinstance(raw, str):
+        try:
+            args = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise _bad(f"{where}.function.arguments is not valid JSON") from None
+    else:
+        args = {} if raw is None else raw
+    if not isinstance(args, dict):
+        raise _bad(f"{where}.function.arguments must be a JSON object")
+    part: dict[str, Any] = {"functionCall": {"name": name, "args": args}}
+    signature = thought_signature_from_id(call_id)
+    if signature:
+        part["thoughtSignature"] = signature
+    return call_id, name, part
+
+
+def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
+    if not parts:
+        return
+    if contents and contents[-1]["role"] == role:
+        contents[-1]["parts"].extend(parts)
+    else:
+        contents.append({"role": role, "parts": list(parts)})
+
+
+def convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(systemInstruction parts, contents) for an OpenAI ``messages`` list."""
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty list")
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
+    pending: dict[str, str] = {}  # tool_call_id -> name, not yet answered
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise _bad(f"{where} must be an object")
+        role = msg.get("role")
+        if not isinstance(role, str) or not role:
+            raise _bad(f"{where}.role is required")
+        if pending and (role == "user" or (role == "assistant" and contents[-1]["role"] != "model")):
+            raise _bad(f"{where}: the assistant's tool_calls {sorted(pending)} "
+                       "have no tool message answering them")
+        if role in ("system", "developer"):
+            system.extend({"text": t} for t in _text_of(msg.get("content"), where) if t)
+        elif role == "user":
+            _append(contents, "user", _user_parts(msg.get("content"), where))
+        elif role == "assistant":
+            texts = _text_of(msg.get("content"), where, ("text", "refusal"))
+            parts: list[dict[str, Any]] = [{"text": t} for t in texts if t]
+            calls = msg.get("tool_calls")
+            if calls is not None and not isinstance(calls, list):
+                raise _bad(f"{where}.tool_calls must be a list")
+            for j, call in enumerate(calls or ()):
+                call_id, name, part = _function_call_part(call, f"{where}.tool_calls[{j}]")
+                names[call_id] = pending[call_id] = name
+                parts.append(part)
+            _append(contents, "model", parts)
+        elif role == "tool":
+            answered = msg.get("tool_call_id")
+            if not isinstance(answered, str) or answered not in names:
+                raise _bad(f"{where}.tool_call_id does not match any earlier assistant tool call")
+            if answered not in pending:
+                raise _bad(f"{where}: tool_call_id {answered!r} was already answered")
+            text = "".join(_text_of(msg.get("content"), where))
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            response = parsed if isinstance(parsed, dict) else {"content": text}
+            reply = {"functionResponse": {"name": pending.pop(answered), "response": response}}
+            _append(contents, "user", [reply])
+        else:
+            raise _bad(f"{where}.role {role!r} is not supported "
+                       "(use system, developer, user, assistant or tool)")
+    if pending:
+        raise _bad(f"the assistant's tool_calls {sorted(pending)} have no tool message answering them")
+    if not contents:
+        raise _bad("'messages' must contain at least one user or assistant message with content")
+    return system, contents
+
+
+# --- tools, tool_choice, generationConfig -----------------------------------------------------
+
+def convert_tools(tools: Any) -> list[dict[str, Any]]:
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise _bad("'tools' must be a list")
+    decls: list[dict[str, Any]] = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise _bad(f"{where}: only tools of type 'function' are supported")
+        fn = tool.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(fn, dict) or not isinstance(name, str) or not _FN_NAME_RE.fullmatch(name):
+            raise _bad(f"{where}.function.name must start with a letter or '_' and contain only "
+                       "letters, digits, '_', '.', ':' or '-' (at most 128 characters)")
+        if any(d["name"] == name for d in decls):
+            raise _bad(f"{where}: duplicate function name {name!r}")
+        decl: dict[str, Any] = {"name": name}
+        if isinstance(fn.get("description"), str) and fn["description"]:
+            decl["description"] = fn["description"]
+        if fn.get("parameters") is not None:
+            params = clean_schema(fn["parameters"], f"{where}.function.parameters")
+            if params.get("type", "OBJECT") != "OBJECT":
+                raise _bad(f"{where}.function.parameters must be an object schema")
+            if params.get("properties"):
+                decl["parameters"] = {**params, "type": "OBJECT"}
+        decls.append(decl)
+    return [{"functionDeclarations": decls}] if decls else []
+
+
+def convert_tool_choice(choice: Any, declared: list[str]) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if isinstance(choice, str) and choice in _TOOL_CHOICE_MODE:
+        if not declared:
+            if choice == "required":
+                raise _bad("'tool_choice' is 'required' but no tools are given")
+            return None
+        return {"functionCallingConfig": {"mode": _TOOL_CHOICE_MODE[choice]}}
+    fn = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(name, str):
+        raise _bad("'tool_choice' must be 'none', 'auto', 'required' or "
+                   "{\"type\": \"function\", \"function\": {\"name\": ...}}")
+    if name not in declared:
+        raise _bad(f"'tool_choice' names function {name!r}, which is not in 'tools'")
+    return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+
+
+def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _bad(f"'{key}' must be a number")
+    if not lo <= value <= hi:
+        raise _bad(f"'{key}' must be between {lo:g} and {hi:g}")
+    return value
+
+
+def _integer(body: dict[str, Any], key: str, lo: int, hi: int = 2**31 - 1) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"'{key}' must be an integer")
+    if not lo <= value <= hi:
+        raise _bad(f"'{key}' must be between {lo} and {hi}")
+    return value
+
+
+def generation_config(body: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, wire, lo, hi in (("temperature", "temperature", 0.0, 2.0), ("top_p", "topP", 0.0, 1.0),
+                              ("presence_penalty", "presencePenalty", -2.0, 2.0),
+                              ("frequency_penalty", "frequencyPenalty", -2.0, 2.0)):
+        num = _number(body, key, lo, hi)
+        if num is not None:
+            out[wire] = min(num, _PENALTY_MAX) if wire.endswith("Penalty") else num
+    ints = (("top_k", "topK", 1), ("n", "candidateCount", 1), ("seed", "seed", -(2**31)),
+            ("max_tokens", "maxOutputTokens", 1), ("max_completion_tokens", "maxOutputTokens", 1))
+    for key, wire, lo in ints:
+        value = _integer(body, key, lo, 8 if key == "n" else 2**31 - 1)
+        if value is not None:
+            out[wire] = value
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > 5:
+            raise _bad("'stop' must be a string or a list of at most 5 strings")
+        if [s for s in stops if s]:
+            out["stopSequences"] = [s for s in stops if s]
+    fmt = body.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind in ("json_object", "json_schema"):
+            out["responseMimeType"] = "application/json"
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict):
+                raise _bad("'response_format.json_schema' must be an object")
+            if spec.get("schema") is not None:
+                schema = clean_schema(spec["schema"], "response_format.json_schema.schema")
+                if schema:
+                    out["responseSchema"] = schema
+        elif kind not in ("text", "json_object"):
+            raise _bad("'response_format.type' must be 'text', 'json_object' or 'json_schema'")
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in _THINKING_BUDGET:
+            raise _bad(f"'reasoning_effort' must be one of {', '.join(_THINKING_BUDGET)}")
+        out["thinkingConfig"] = {"thinkingBudget": _THINKING_BUDGET[effort]}
+    return out
+
+
+def _reject_unsupported(body: dict[str, Any]) -> None:
+    if "functions" in body or "function_call" in body:
+        raise _bad("'functions' / 'function_call' are not supported: use 'tools' / 'tool_choice'")
+    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") not in (None, 0):
+        raise _bad("'logprobs' is not supported by this provider")
+    modalities = body.get("modalities")
+    if body.get("audio") is not None or (isinstance(modalities, list) and set(modalities) - {"text"}):
+        raise _bad("audio output ('audio', 'modalities') is not supported by this provider")
+    if body.get("logit_bias"):
+        raise _bad("'logit_bias' is not supported by this provider")
+    if body.get("web_search_options") is not None:
+        raise _bad("'web_search_options' is not supported by this provider")
+
+
+def chat_to_gemini(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI /v1/chat/completions request body -> Vertex generateContent request body."""
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object")
+    _reject_unsupported(body)
+    system, contents = convert_messages(body.get("messages"))
+    out: dict[str, Any] = {"contents": contents}
+    if system:
+        out["systemInstruction"] = {"parts": system}
+    tools = convert_tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+    declared = [d["name"] for t in tools for d in t["functionDeclarations"]]
+    tool_config = convert_tool_choice(body.get("tool_choice"), declared)
+    if tool_config:
+        out["toolConfig"] = tool_config
+    config = generation_config(body)
+    if config:
+        out["generationConfig"] = config
+    return out

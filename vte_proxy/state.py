@@ -1,0 +1,208 @@
+"""The gateway's state and its one reference.
+
+A :class:`GatewayState` is everything a request needs (config, routing table, keys,
+providers with their connection pools), built completely before it is used and never
+changed. :class:`Gateway` holds the current one; a reload or a discovery result builds a new
+state and swaps the reference in one assignment. A request takes the state once, at its
+start, and keeps it to its end; the replaced providers are closed when their last request
+is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+import httpx
+
+from vte_proxy import metrics
+from vte_proxy.auth import KeyRing
+from vte_proxy.config import GatewayConfig, ProviderConfig, StreamMode
+from vte_proxy.loader import ConfigError, LoadedConfig, config_hash, load_config, read_config
+from vte_proxy.providers import build_provider
+from vte_proxy.providers.base import Provider
+from vte_proxy.routing import RoutingError, RoutingTable, build_routing
+
+log = logging.getLogger("vte_proxy.state")
+
+TransportFactory = Callable[[ProviderConfig], httpx.AsyncBaseTransport | None]
+
+
+@dataclass(eq=False)
+class ProviderSet:
+    """The providers built for one config, closed once retired and idle."""
+
+    providers: dict[str, Provider]
+    in_flight: int = 0
+    retired: bool = False
+    _closing: asyncio.Task[None] | None = None
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.retired and self.in_flight == 0:
+            self._close_soon()
+
+    def retire(self) -> None:
+        self.retired = True
+        if self.in_flight == 0:
+            self._close_soon()
+
+    def _close_soon(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.aclose())
+
+    async def aclose(self) -> None:
+        for p in self.providers.values():
+            try:
+                await p.aclose()
+            except Exception:  # closing must not fail a reload
+                log.warning("closing provider %s failed", p.name, exc_info=True)
+
+
+@dataclass(frozen=True, eq=False)
+class GatewayState:
+    loaded: LoadedConfig
+    routing: RoutingTable
+    keys: KeyRing
+    providers: ProviderSet
+    stream_modes: Mapping[str, StreamMode]
+    discovered: Mapping[str, tuple[str, ...]]
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.loaded.config
+
+
+@dataclass
+class ReloadFailure:
+    at: float
+    message: str
+
+
+def build_state(loaded: LoadedConfig, discovered: Mapping[str, tuple[str, ...]],
+                transport: TransportFactory | None = None) -> GatewayState:
+    config = loaded.config
+    routing = build_routing(config, discovered)
+    providers = {p.name: build_provider(p, transport(p) if transport else None) for p in config.providers}
+    modes = {p.name: p.stream_mode or config.stream_mode for p in config.providers}
+    return GatewayState(loaded, routing, KeyRing(config.keys), ProviderSet(providers), modes, dict(discovered))
+
+
+class Gateway:
+    """Holds the current :class:`GatewayState` and replaces it on reload."""
+
+    def __init__(self, config_path: str, transport: TransportFactory | None = None) -> None:
+        self.config_path = config_path
+        self.transport = transport
+        self._state: GatewayState | None = None
+        self.last_failure: ReloadFailure | None = None
+        self.draining = False
+        self.reloads = {"success": 0, "failure": 0}
+        self._lock = asyncio.Lock()
+        self._failed_hash = ""
+        self.on_swap: list[Callable[[GatewayState], None]] = []
+
+    @property
+    def state(self) -> GatewayState:
+        if self._state is None:
+            raise RuntimeError("no config loaded")
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        return self._state is not None and not self.draining
+
+    def _swap(self, new: GatewayState) -> None:
+        old = self._state
+        self._state = new  # the one assignment requests see
+        metrics.set_models_available(dict(new.routing.counts))
+        if old is not None and old.providers is not new.providers:
+            old.providers.retire()
+        for hook in self.on_swap:
+            hook(new)
+
+    def load_initial(self) -> GatewayState:
+        """Load the config at start; raise ConfigError when it is unusable."""
+        loaded = load_config(self.config_path)
+        self._swap(build_state(loaded, {}, self.transport))
+        self._count("success")
+        return self.state
+
+    async def reload(self, force: bool = False) -> bool:
+        """Re-read the file; swap in the new state if it changed and is valid.
+
+        Returns True when a new config took effect. A broken file never does: the last good
+        state keeps serving and the failure is kept for the status page and counted.
+        """
+        async with self._lock:
+            current = self._state
+            try:
+                raw = await asyncio.to_thread(read_config, self.config_path)
+            except ConfigError as exc:
+                return self._fail(str(exc), "")
+            digest = config_hash(raw)
+            # Unchanged bytes (or the same broken bytes, already reported): nothing to parse.
+            if not force and digest in (current.loaded.sha256 if current else "", self._failed_hash):
+                return False
+            try:
+                loaded = await asyncio.to_thread(load_config, self.config_path, None, raw)
+            except ConfigError as exc:
+                return self._fail(str(exc), digest)
+            discovered = self._carry_discovered(current, loaded.config) if current else {}
+            try:
+                new = build_state(loaded, discovered, self.transport)
+            except RoutingError as exc:
+                return self._fail(str(exc), digest)
+            self._swap(new)
+            self.last_failure, self._failed_hash = None, ""
+            self._count("success")
+            log.warning("config reloaded from %s (sha256 %s)", self.config_path, loaded.sha256[:12])
+            return True
+
+    def _carry_discovered(self, current: GatewayState, config: GatewayConfig) -> dict[str, tuple[str, ...]]:
+        """Keep discovered lists of providers whose endpoint and discovery settings are unchanged,
+        so a reload does not make discovered models vanish until the next poll."""
+        out = {}
+        for p in config.providers:
+            old = next((o for o in current.config.providers if o.name == p.name), None)
+            if old and old.base_url == p.base_url and old.discover == p.discover and p.name in current.discovered:
+                out[p.name] = current.discovered[p.name]
+        return out
+
+    def apply_discovery(self, provider: str, models: tuple[str, ...]) -> bool:
+        """Swap in a state whose routing includes ``provider``'s newly discovered models."""
+        current = self.state
+        if provider not in current.providers.providers or current.discovered.get(provider) == models:
+            return False
+        discovered = {**current.discovered, provider: models}
+        try:
+            routing = build_routing(current.config, discovered)
+        except RoutingError as exc:
+            log.error("discovered models of %s conflict: %s", provider, exc)
+            return False
+        self._swap(replace(current, routing=routing, discovered=discovered))
+        return True
+
+    def _fail(self, message: str, digest: str) -> bool:
+        self._failed_hash = digest
+        self.last_failure = ReloadFailure(time.time(), message)
+        self._count("failure")
+        log.error("config reload failed, still serving the last good config: %s", message)
+        return False
+
+    def _count(self, result: str) -> None:
+        self.reloads[result] += 1
+        metrics.child(metrics.RELOADS, result).inc()
+        if result == "success":
+            metrics.LAST_RELOAD.set(time.time())
+
+    async def aclose(self) -> None:
+        if self._state is not None:
+            await self._state.providers.aclose()

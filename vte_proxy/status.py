@@ -1,0 +1,155 @@
+"""The read-only status page (``GET /``), its JSON twin (``GET /status.json``) and the live
+request log pushed to the page with Server-Sent Events (``GET /status/events``).
+
+Everything here is guarded by HTTP Basic (any user name, a key with ``status: true`` as the
+password). Keys are shown by name only; upstream URLs by host only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from vte_proxy import __version__, accounting
+from vte_proxy.http import authenticate_status
+from vte_proxy.state import Gateway
+
+if TYPE_CHECKING:
+    from vte_proxy.discovery import Discovery
+
+ERROR_WINDOW = 300.0  # seconds of history behind a provider's "recent error rate"
+SUBSCRIBER_QUEUE = 1000
+
+
+class StatusPage:
+    def __init__(self, gateway: Gateway, discovery: Discovery) -> None:
+        self.gateway = gateway
+        self.discovery = discovery
+        self.started = time.time()
+        self.per_model: dict[str, dict[str, int]] = defaultdict(
+            lambda: {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        self.recent: deque[tuple[float, str, bool]] = deque(maxlen=20_000)
+        accounting.subscribers.add(self._on_request)
+        self._queues: set[asyncio.Queue[bytes]] = set()
+        self._html = resources.files("vte_proxy").joinpath("static/status.html").read_bytes()
+
+    def routes(self) -> list[Route]:
+        return [Route("/", self.page, methods=["GET"]), Route("/status.json", self.json, methods=["GET"]),
+                Route("/status/events", self.events, methods=["GET"])]
+
+    def _on_request(self, entry: dict[str, Any]) -> None:
+        model = entry["model"] if entry["model"] in self.gateway.state.routing.entries else "unknown"
+        totals = self.per_model[model]
+        totals["requests"] += 1
+        ok = entry["status"] < 400
+        if not ok:
+            totals["errors"] += 1
+        totals["prompt_tokens"] += entry["prompt_tokens"] or 0
+        totals["completion_tokens"] += entry["completion_tokens"] or 0
+        if entry["provider"] != "-":
+            self.recent.append((time.monotonic(), entry["provider"], ok))
+        if self._queues:
+            data = b"data: " + orjson.dumps(entry) + b"\n\n"
+            for q in self._queues:
+                if q.qsize() < SUBSCRIBER_QUEUE:  # a slow page loses lines, the gateway never waits
+                    q.put_nowait(data)
+
+    def snapshot(self) -> dict[str, Any]:
+        g = self.gateway
+        state = g.state
+        config = state.config
+        cutoff = time.monotonic() - ERROR_WINDOW
+        window: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for at, provider, ok in self.recent:
+            if at >= cutoff:
+                window[provider][0] += 1
+                window[provider][1] += 0 if ok else 1
+        providers = []
+        for p in config.providers:
+            disc = self.discovery.status.get(p.name)
+            total, errors = window.get(p.name, [0, 0])
+            providers.append({
+                "name": p.name, "type": p.type, "prefix": p.prefix,
+                "host": urlsplit(p.base_url).hostname if p.base_url else None,
+                "models": state.routing.counts.get(p.name, 0),
+                "stream_mode": state.stream_modes[p.name],
+                "discovery": None if disc is None else {"enabled": True, "last_ok": disc.last_ok,
+                                                        "last_error": disc.last_error},
+                "recent_requests": total, "recent_errors": errors,
+                "error_rate": round(errors / total, 4) if total else 0.0,
+            })
+        models = []
+        for entry in state.routing.entries.values():
+            t = entry.targets[0] if entry.targets else None
+            totals = self.per_model.get(entry.name) or {"requests": 0, "errors": 0, "prompt_tokens": 0,
+                                                        "completion_tokens": 0}
+            models.append({"id": entry.name, "route": entry.route,
+                           "provider": None if entry.route or t is None else t.provider,
+                           "upstream": None if entry.route or t is None else t.upstream_model,
+                           "targets": [x.exposed for x in entry.targets] if entry.route else None, **totals})
+        unknown = self.per_model.get("unknown")
+        totals = {k: sum(m[k] for m in self.per_model.values())
+                  for k in ("requests", "errors", "prompt_tokens", "completion_tokens")}
+        failure = g.last_failure
+        return {
+            "version": __version__,
+            "started_at": self.started,
+            "ready": g.ready,
+            "config": {"path": g.config_path, "hash": state.loaded.sha256[:12], "loaded_at": state.loaded_at,
+                       "reloads": dict(g.reloads),
+                       "last_reload_error": None if failure is None else {"at": failure.at,
+                                                                          "message": failure.message}},
+            "providers": providers,
+            "models": models,
+            "unknown_model_requests": unknown["requests"] if unknown else 0,
+            "keys": [{"name": k.name, "status": k.status, "models": list(k.models)} for k in config.keys],
+            "totals": totals,
+            "log": list(reversed(accounting.recent)),
+        }
+
+    async def page(self, request: Request) -> Response:
+        denied = authenticate_status(self.gateway.state, request.headers)
+        if denied is not None:
+            return denied
+        return Response(self._html, media_type="text/html; charset=utf-8",
+                        headers={"cache-control": "no-store", "x-content-type-options": "nosniff",
+                                 "content-security-policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                 "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"})
+
+    async def json(self, request: Request) -> Response:
+        denied = authenticate_status(self.gateway.state, request.headers)
+        if denied is not None:
+            return denied
+        return Response(orjson.dumps(self.snapshot()), media_type="application/json",
+                        headers={"cache-control": "no-store"})
+
+    async def events(self, request: Request) -> Response:
+        denied = authenticate_status(self.gateway.state, request.headers)
+        if denied is not None:
+            return denied
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queues.add(queue)
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b": connected\n\n"
+                while not self.gateway.draining:
+                    try:
+                        yield await asyncio.wait_for(queue.get(), 15.0)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+            finally:
+                self._queues.discard(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
