@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-from pathlib import Path
 
 from watchfiles import awatch
 
@@ -25,7 +23,7 @@ POLL_SECONDS = 30.0
 
 
 async def watch_config(gateway: Gateway, stop: asyncio.Event) -> None:
-    directory = Path(os.path.abspath(gateway.config_path)).parent
+    directory = gateway.config_dir
     try:
         async for _changes in awatch(directory, stop_event=stop, debounce=200, step=50, recursive=True,
                                      poll_delay_ms=500):

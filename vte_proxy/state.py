@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import httpx
 
@@ -100,6 +102,7 @@ class Gateway:
 
     def __init__(self, config_path: str, transport: TransportFactory | None = None) -> None:
         self.config_path = config_path
+        self.config_dir = Path(os.path.abspath(config_path)).parent
         self.transport = transport
         self._state: GatewayState | None = None
         self.last_failure: ReloadFailure | None = None

@@ -1,0 +1,333 @@
+"""Test support: a scripted OpenAI-compatible upstream and a real `vte-proxy serve` process.
+
+Both listen on loopback. The upstream runs uvicorn in a thread with its own event loop, so
+sync clients (the openai SDK) and async tests can use it alike; it records every request it
+receives and answers from a script (a queue of behaviours) or, by default, like a plain
+OpenAI-compatible API would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
+CLIENT_KEY = "sk-client-SECRET-abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- behaviours
+@dataclass
+class Reply:
+    """Answer with this status and JSON body (or raw bytes)."""
+
+    body: Any = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Stream:
+    """Answer with these SSE events (dicts become ``data: {json}``, strings are sent as is)."""
+
+    events: list[Any]
+    delay: float = 0.0          # between events
+    done: bool = True           # end with data: [DONE]
+    cut: bool = False           # drop the connection after the events (no [DONE])
+    first_delay: float = 0.0    # before the response headers
+
+
+@dataclass
+class Hang:
+    """Accept the request and send nothing for ``seconds``."""
+
+    seconds: float = 30.0
+
+
+def chunk(model: str, delta: dict[str, Any] | None = None, finish: str | None = None, *,
+          usage: dict[str, Any] | None = None, choices: bool = True, rid: str = "chatcmpl-up") -> dict[str, Any]:
+    body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+                            "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}] if choices else []}
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def completion(model: str, content: str | None = "hi", *, tool_calls: list[dict[str, Any]] | None = None,
+               finish: str = "stop", usage: dict[str, int] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"id": "chatcmpl-up", "object": "chat.completion", "created": 1700000000, "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "usage": usage or {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class ScriptedUpstream:
+    """An OpenAI-compatible API on loopback that records requests and follows a script."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.script: deque[Reply | Stream | Hang] = deque()
+        self.models = ["gpt-4o", "gpt-4o-mini"]
+        self.models_status = 200
+        self.open_streams = 0
+        self.closed_streams = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        routes = [Route("/v1/models", self._models, methods=["GET"]),
+                  Route("/v1/{endpoint:path}", self._handle, methods=["POST"])]
+        self._server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=self.port,
+                                                     log_level="warning", lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def push(self, *behaviours: Reply | Stream | Hang) -> None:
+        self.script.extend(behaviours)
+
+    def start(self) -> ScriptedUpstream:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("scripted upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+
+    def last(self, path: str | None = None) -> Received:
+        for r in reversed(self.requests):
+            if path is None or r.path.endswith(path):
+                return r
+        raise AssertionError(f"no request to {path}")
+
+    async def _models(self, request: Request) -> Response:
+        self.requests.append(Received("GET", request.url.path, dict(request.headers), None))
+        if self.models_status != 200:
+            return JSONResponse({"error": {"message": "down"}}, status_code=self.models_status)
+        return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 1, "owned_by": "up"}
+                                                        for m in self.models]})
+
+    async def _handle(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw
+        self.requests.append(Received("POST", request.url.path, dict(request.headers), body))
+        behaviour = self.script.popleft() if self.script else None
+        if behaviour is None:
+            behaviour = self._default(request.path_params["endpoint"], body)
+        if isinstance(behaviour, Hang):
+            await asyncio.sleep(behaviour.seconds)
+            return Response(status_code=504)
+        if isinstance(behaviour, Reply):
+            if behaviour.delay:
+                await asyncio.sleep(behaviour.delay)
+            content = behaviour.body if isinstance(behaviour.body, bytes) else json.dumps(behaviour.body).encode()
+            return Response(content, status_code=behaviour.status, headers=behaviour.headers,
+                            media_type="application/json")
+        if behaviour.first_delay:
+            await asyncio.sleep(behaviour.first_delay)
+        return StreamingResponse(self._events(behaviour), media_type="text/event-stream")
+
+    async def _events(self, s: Stream) -> AsyncIterator[bytes]:
+        self.open_streams += 1
+        try:
+            for i, ev in enumerate(s.events):
+                if i and s.delay:
+                    await asyncio.sleep(s.delay)
+                yield (ev if isinstance(ev, str) else "data: " + json.dumps(ev) + "\n\n").encode()
+            if s.cut:
+                raise ConnectionResetError("scripted cut")  # uvicorn drops the connection mid-body
+            if s.done:
+                yield b"data: [DONE]\n\n"
+        finally:
+            self.open_streams -= 1
+            self.closed_streams += 1
+
+    def _default(self, endpoint: str, body: Any) -> Reply | Stream:
+        model = body.get("model", "?") if isinstance(body, dict) else "?"
+        usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+        if endpoint == "embeddings":
+            return Reply({"object": "list", "model": model, "usage": {"prompt_tokens": 2, "total_tokens": 2},
+                          "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]})
+        if endpoint == "completions":
+            if body.get("stream"):
+                ev = [{"id": "cmpl-up", "object": "text_completion", "created": 1, "model": model,
+                       "choices": [{"index": 0, "text": t, "finish_reason": f}]} for t, f in (("Hel", None),
+                                                                                              ("lo", "stop"))]
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    ev.append({"id": "cmpl-up", "object": "text_completion", "created": 1, "model": model,
+                               "choices": [], "usage": usage})
+                return Stream(ev)
+            return Reply({"id": "cmpl-up", "object": "text_completion", "created": 1, "model": model,
+                          "choices": [{"index": 0, "text": "Hello", "finish_reason": "stop", "logprobs": None}],
+                          "usage": usage})
+        if endpoint == "responses":
+            resp = {"id": "resp_up", "object": "response", "created_at": 1, "status": "completed", "model": model,
+                    "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                                "content": [{"type": "output_text", "text": "Hello", "annotations": []}]}],
+                    "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}}
+            if body.get("stream"):
+                return Stream([f"event: response.created\ndata: {json.dumps({'type': 'response.created', 'sequence_number': 0, 'response': {**resp, 'status': 'in_progress', 'output': []}})}\n\n",  # noqa: E501
+                               f"event: response.completed\ndata: {json.dumps({'type': 'response.completed', 'sequence_number': 1, 'response': resp})}\n\n"],  # noqa: E501
+                              done=False)
+            return Reply(resp)
+        if body.get("stream"):
+            ev = [chunk(model, {"role": "assistant", "content": ""}), chunk(model, {"content": "Hello"}),
+                  chunk(model, {"content": " world"}), chunk(model, {}, "stop")]
+            if (body.get("stream_options") or {}).get("include_usage"):
+                ev = [{**e, "usage": None} for e in ev] + [chunk(model, usage=usage, choices=False)]
+            return Stream(ev)
+        return Reply(completion(model, "Hello world", usage=usage))
+
+
+@contextlib.contextmanager
+def scripted_upstream() -> Iterator[ScriptedUpstream]:
+    up = ScriptedUpstream().start()
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+# ---------------------------------------------------------------- the gateway
+def gateway_yaml(upstream_url: str, extra_providers: str = "", **top: str) -> str:
+    """A config with key ``CLIENT_KEY`` (name ``team``), a status key, an ``up`` provider
+    (prefix ``up``, models gpt-4o and gpt-4o-mini) pointing at ``upstream_url``, and echo."""
+    text = textwrap.dedent(f"""\
+        version: 1
+        stream_mode: {top.get('stream_mode', 'auto')}
+        keys:
+          - name: team
+            key: ${{TEST_CLIENT_KEY}}
+          - name: limited
+            key: sk-limited-key-000
+            models: ["demo/*"]
+          - name: admin
+            key: sk-admin-key-000
+            status: true
+        providers:
+          - name: up
+            type: openai
+            base_url: {upstream_url}
+            api_key: ${{TEST_UPSTREAM_KEY}}
+            prefix: up
+            models: [gpt-4o, gpt-4o-mini]
+            headers: {{X-Custom: custom-value}}
+          - name: demo
+            type: echo
+            prefix: demo
+            models: [echo]
+        """)
+    if extra_providers:
+        text += textwrap.indent(textwrap.dedent(extra_providers), "  ")
+    for key in ("routes", "server", "metrics", "cors"):
+        if key in top:
+            text += f"{key}:\n" + textwrap.indent(textwrap.dedent(top[key]), "  ")
+    return text
+
+
+class GatewayProcess:
+    """`python -m vte_proxy serve` as a subprocess on a free loopback port."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, workers: int = 1,
+                 log_format: str = "text", log_level: str = "info") -> None:
+        self.config_path = config_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = config_path.parent / f"gateway-{self.port}.log"
+        self.env = {**os.environ, "TEST_CLIENT_KEY": CLIENT_KEY, "TEST_UPSTREAM_KEY": UPSTREAM_KEY,
+                    "VTE_LOG_FORMAT": log_format, "VTE_LOG_LEVEL": log_level, **(env or {})}
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20) -> GatewayProcess:
+        cmd = [sys.executable, "-m", "vte_proxy", "serve", "--config", str(self.config_path), "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", str(self.workers)]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway did not become ready:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running_gateway(tmp_path: Path, config_text: str, **kw: Any) -> Iterator[GatewayProcess]:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config_text)
+    gw = GatewayProcess(path, **kw).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
