@@ -32,9 +32,10 @@ async def split_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Split a byte stream into SSE events; an incomplete last event is dropped."""
     buf = b""
     async for chunk in chunks:
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
-        buf += chunk
+        if b"\r" in chunk or buf[-1:] == b"\r":  # CRLF, possibly split between two chunks
+            buf = (buf + chunk).replace(b"\r\n", b"\n")
+        else:
+            buf += chunk
         if b"\n\n" not in buf:
             continue
         *complete, buf = buf.split(b"\n\n")

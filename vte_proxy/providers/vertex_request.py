@@ -104,6 +104,14 @@ def _merge_all_of(schema: dict[str, Any], defs: dict[str, Any], where: str) -> d
     return merged
 
 
+def _extend(schema: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with ``extra`` (description, nullable) added; into each variant of an anyOf, as
+    Vertex refuses anyOf with siblings ("When using any_of, it must be the only field set")."""
+    if "anyOf" in schema:
+        return {"anyOf": [_extend(variant, extra) for variant in schema["anyOf"]]}
+    return {**extra, **schema, **({"nullable": True} if extra.get("nullable") else {})}
+
+
 def _clean(
     schema: Any, defs: dict[str, Any], where: str, refs: tuple[str, ...], depth: int
 ) -> dict[str, Any]:
@@ -151,16 +159,11 @@ def _clean(
                 nullable = True
             else:
                 cleaned.append(sub(variant, f".anyOf[{i}]"))
-        if len(cleaned) == 1:
-            merged = {**cleaned[0], **out}
-            if nullable:
-                merged["nullable"] = True
-            return merged
-        if cleaned:
-            out["anyOf"] = cleaned
         if nullable:
             out["nullable"] = True
-        return out
+        if len(cleaned) == 1:
+            return _extend(cleaned[0], out)
+        return {"anyOf": [_extend(variant, out) for variant in cleaned]} if cleaned else out
 
     enum = schema.get("enum", [schema["const"]] if "const" in schema else None)
     values = [v for v in enum if v is not None] if isinstance(enum, list) else []
