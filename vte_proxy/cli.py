@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (env VTE_WORKERS; default 1)")
     check = sub.add_parser("check", help="validate a config offline and print its routing table")
     check.add_argument("path")
+    check.add_argument("--allow-missing-env", action="store_true",
+                       help="warn about unset ${VAR}s instead of failing (CI without the secrets)")
     sub.add_parser("schema", help="print the JSON Schema of gateway.yaml")
     return ap
 
@@ -34,24 +36,26 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
-        return check(args.path)
+        return check(args.path, args.allow_missing_env)
     if args.command == "schema":
         return schema()
     overrides = {k: v for k, v in vars(args).items() if k in ("config", "host", "port", "workers") and v is not None}
     return serve(Settings(**overrides))
 
 
-def check(path: str) -> int:
+def check(path: str, allow_missing_env: bool = False) -> int:
     """Validate offline (discovery is not run): exit 0 and the routing table, or 1 and every error."""
-    from vte_proxy.routing import build_routing
+    from vte_proxy.routing import build_routing, is_glob
 
     try:
-        loaded = load_config(path)
+        loaded = load_config(path, allow_missing_env=allow_missing_env)
     except ConfigError as exc:
         print(f"{path}: {len(exc.issues)} error(s)", file=sys.stderr)
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return 1
+    for warning in loaded.warnings:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     config = loaded.config
     table = build_routing(config, {})
     print(f"{path}: valid (sha256 {loaded.sha256[:12]}), {len(config.providers)} provider(s), "
@@ -65,8 +69,9 @@ def check(path: str) -> int:
             print(f"  {entry.name:<{width}}  -> {t.provider}: {t.upstream_model}")
     for p in config.providers:
         if p.discover.enabled:
+            globs = [m for m in p.models if is_glob(m)]
             print(f"  ({p.name}: more models from discovery at run time, include {list(p.discover.include)}, "
-                  f"exclude {list(p.discover.exclude)})")
+                  f"exclude {list(p.discover.exclude)}" + (f", matching {globs}" if globs else "") + ")")
     return 0
 
 
@@ -92,10 +97,25 @@ def serve(settings: Settings) -> int:
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return 1
+    # Several workers share one metrics view: prometheus_client's multiprocess directory must
+    # exist, be empty, and be in the environment before any worker imports the client (a
+    # directory given in the environment is honoured, and prepared, with one worker too).
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or (
+        os.path.join(tempfile.gettempdir(), f"vte-proxy-metrics-{settings.port}") if settings.workers > 1 else "")
+    if mp_dir:
+        shutil.rmtree(mp_dir, ignore_errors=True)
+        os.makedirs(mp_dir, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
     import uvicorn
 
+    # The header timeout lives in the protocol class, read at import (workers: from the env).
+    os.environ["VTE_HEADER_TIMEOUT"] = str(loaded.config.server.header_timeout)
+    from vte_proxy import server
+
+    server.HEADER_TIMEOUT = loaded.config.server.header_timeout
     common: dict[str, Any] = dict(
-        host=settings.host, port=settings.port, loop="uvloop", http="httptools", ws="websockets-sansio",
+        host=settings.host, port=settings.port, loop="uvloop", http=server.GuardedHttpToolsProtocol,
+        ws="websockets-sansio",
         lifespan="on", log_config=None, access_log=False, server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=int(loaded.config.server.shutdown_grace) or None, timeout_keep_alive=75,
     )
@@ -104,13 +124,7 @@ def serve(settings: Settings) -> int:
 
         uvicorn.Server(uvicorn.Config(create_app(settings.config), **common)).run()
         return 0
-    # Several workers share one metrics view: prometheus_client's multiprocess directory must
-    # exist, be empty, and be in the environment before any worker imports the client.
-    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(tempfile.gettempdir(),
-                                                                        f"vte-proxy-metrics-{settings.port}")
-    shutil.rmtree(mp_dir, ignore_errors=True)
-    os.makedirs(mp_dir, exist_ok=True)
-    os.environ.update(PROMETHEUS_MULTIPROC_DIR=mp_dir, VTE_CONFIG=os.path.abspath(settings.config),
+    os.environ.update(VTE_CONFIG=os.path.abspath(settings.config),
                       VTE_LOG_LEVEL=settings.log_level, VTE_LOG_FORMAT=settings.log_format)
     uvicorn.run("vte_proxy.app:app_from_env", factory=True, workers=settings.workers, **common)
     return 0

@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 StreamMode = Literal["auto", "force_stream", "force_non_stream"]
 ProviderType = Literal["openai", "vertex-express", "echo"]
@@ -32,7 +42,10 @@ def parse_duration(value: Any) -> Any:
     raise ValueError("expected a duration like 30s, 250ms, 10m or a number of seconds")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=float | str), Field(ge=0)]
+_DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0},
+                              {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"}],
+                    "description": "A duration: 30s, 250ms, 10m, 1h, or a number of seconds."}
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0), WithJsonSchema(_DURATION_SCHEMA)]
 
 
 class _Frozen(BaseModel):
@@ -90,8 +103,16 @@ class ProviderConfig(_Frozen):
     def _url(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        if not re.match(r"^https?://[^/\s]+", v):
+        # The message never quotes the value: a URL may carry credentials.
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("must be an http:// or https:// URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
             raise ValueError("must be an http:// or https:// URL")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment (it is the API root, e.g. https://host/v1)")
         return v.rstrip("/")
 
     @field_validator("headers")
@@ -133,6 +154,7 @@ class ServerConfig(_Frozen):
     max_concurrency: int = Field(1000, ge=1)
     shutdown_grace: Duration = 30.0
     body_timeout: Duration = Field(30.0, gt=0, description="Longest wait for the client's request body.")
+    header_timeout: Duration = Field(10.0, description="Longest a client may take to send its request headers.")
 
 
 class MetricsConfig(_Frozen):

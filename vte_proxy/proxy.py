@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from vte_proxy import metrics
-from vte_proxy.accounting import RequestRecord, record_usage
+from vte_proxy.accounting import RequestRecord, dispatched, record_usage
 from vte_proxy.auth import ClientKey
 from vte_proxy.errors import GatewayError, UpstreamError, bad_request
 from vte_proxy.providers.base import Call, JsonAnswer, StreamAnswer
@@ -114,8 +114,9 @@ async def call_targets(state: GatewayState, entry: Entry, endpoint: str, body: d
     last: UpstreamError | None = None
     for target in entry.targets:
         provider = providers[target.provider]
-        rec.provider = target.provider
-        call = Call(endpoint, body, target, upstream_streams(state, endpoint, target, client_stream), headers)
+        dispatched(rec, target.provider)  # sets rec.provider; in-flight gauge (observability)
+        call = Call(endpoint, body, target, upstream_streams(state, endpoint, target, client_stream), headers,
+                    entry.name)
         for attempt in range(1 + provider.config.retries):
             try:
                 return await provider.send(call), target

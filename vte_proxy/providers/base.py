@@ -28,6 +28,12 @@ class Call:
     target: Target
     stream: bool                  # call the upstream streaming
     headers: dict[str, str] = field(default_factory=dict)  # allow-listed client headers to pass on
+    # The name answers must carry: what the client asked for (a route's name, not its target's).
+    reply_model: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.reply_model:
+            self.reply_model = self.target.exposed
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from vte_proxy.errors import bad_request
 from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
 from vte_proxy.sse import DONE, event
 
@@ -32,11 +33,22 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _array(body: dict[str, Any], field: str) -> list[Any]:
+    value = body.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise bad_request(f"'{field}' must be an array")
+    return value
+
+
 def _prompt(call: Call) -> tuple[str, int]:
     """The text to echo and the prompt's token count."""
     body = call.body
     if call.endpoint == "chat/completions":
-        messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
+        messages = _array(body, "messages")
+        if not all(isinstance(m, dict) for m in messages):
+            raise bad_request("'messages' must be an array of message objects")
         users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
         return (users[-1] if users else ""), sum(_words(_text(m.get("content"))) for m in messages)
     if call.endpoint == "responses":
@@ -48,7 +60,7 @@ def _prompt(call: Call) -> tuple[str, int]:
         text = inp if isinstance(inp, str) else ""
         return text, _words(text)
     prompt = body.get("prompt")
-    text = prompt if isinstance(prompt, str) else " ".join(p for p in prompt or () if isinstance(p, str))
+    text = prompt if isinstance(prompt, str) else " ".join(p for p in _array(body, "prompt") if isinstance(p, str))
     return text, _words(text)
 
 
@@ -62,7 +74,7 @@ def _vector(text: str, dims: int = 16) -> list[float]:
 class EchoProvider(Provider):
     async def send(self, call: Call) -> Answer:
         self.check_endpoint(call.endpoint)
-        model = call.target.exposed
+        model = call.reply_model
         n = next(_ids)
         created = int(time.time())
         if call.endpoint == "embeddings":
@@ -110,7 +122,7 @@ class EchoProvider(Provider):
 
     def _embeddings(self, call: Call, model: str) -> dict[str, Any]:
         inp = call.body.get("input")
-        items = [inp] if isinstance(inp, str) else [i if isinstance(i, str) else str(i) for i in inp or ()]
+        items = [inp] if isinstance(inp, str) else [str(i) for i in _array(call.body, "input")]
         tokens = sum(_words(i) for i in items)
         return {"object": "list", "model": model,
                 "data": [{"object": "embedding", "index": i, "embedding": _vector(t)} for i, t in enumerate(items)],

@@ -1,0 +1,77 @@
+"""uvicorn's httptools protocol with the limits a gateway needs against slow or greedy clients.
+
+uvicorn bounds the idle time between requests (keep-alive) but not the time a client may take
+to send its request headers, nor their size: a slowloris client could hold connections open
+forever. This protocol closes a connection whose headers are not complete within
+``HEADER_TIMEOUT`` seconds of its first byte (or of the connection), and answers 431 to
+headers larger than ``MAX_HEADER_BYTES``. The request body has its own limit and timeout
+(``server.max_body_bytes``, ``server.body_timeout``), enforced in :mod:`vte_proxy.http`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from asyncio import TimerHandle
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# Set from server.header_timeout by the CLI (workers read it from the environment).
+HEADER_TIMEOUT = float(os.environ.get("VTE_HEADER_TIMEOUT", "10"))
+MAX_HEADER_BYTES = 64 * 1024
+
+_TOO_LARGE_BODY = b'{"error":{"message":"request headers are too large","type":"invalid_request_error",' \
+    b'"code":"headers_too_large"}}'
+_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+              b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY))
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    _header_timer: TimerHandle | None = None
+    _header_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            self._disarm()
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+
+    def _arm(self) -> None:
+        if self._header_timer is None and HEADER_TIMEOUT > 0:
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
