@@ -33,7 +33,9 @@ RUN pip install --no-cache-dir --no-deps --requirement requirements.lock \
  && pip check
 
 # 2) The package itself, without dependencies (they are already installed from the lock).
-COPY pyproject.toml README.md ./
+#    README.md* : the package metadata reads README.md when present; the wildcard keeps the
+#    build working without it (BuildKit accepts a pattern that matches nothing).
+COPY pyproject.toml README.md* ./
 COPY vte_proxy ./vte_proxy
 RUN pip install --no-cache-dir --no-deps . \
  && pip check \

@@ -14,7 +14,7 @@ help: ## list the targets
 $(BIN)/vte-proxy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	@touch $@
 
 venv: $(BIN)/vte-proxy ## create .venv and install the project with its dev tools

@@ -145,8 +145,15 @@ def validate_service_monitor(doc: Doc, service: Doc) -> None:
     assert spec["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
     service_ports = {p["name"] for p in service["spec"]["ports"]}
     allowed = {
-        "port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels", "authorization",
-        "relabelings", "metricRelabelings",
+        "port",
+        "path",
+        "scheme",
+        "interval",
+        "scrapeTimeout",
+        "honorLabels",
+        "authorization",
+        "relabelings",
+        "metricRelabelings",
     }
     assert spec["endpoints"], "no endpoints"
     for endpoint in spec["endpoints"]:
@@ -185,9 +192,9 @@ def validate_prometheus_rule(doc: Doc) -> dict[str, Doc]:
             if "for" in rule:
                 assert is_duration(rule["for"]), rule["for"]
             for key in ("labels", "annotations"):
-                assert all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in rule.get(key, {}).items()
-                ), rule.get(key)
+                assert all(isinstance(k, str) and isinstance(v, str) for k, v in rule.get(key, {}).items()), rule.get(
+                    key
+                )
             if "alert" in rule:
                 assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", rule["alert"])
                 alerts[rule["alert"]] = rule
@@ -238,13 +245,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "networkPolicyRestricted": {
         "networkPolicy": {
             "enabled": True,
-            "ingressFrom": [
-                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
-            ],
+            "ingressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
             "allowAllEgress": False,
-            "extraEgress": [
-                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
-            ],
+            "extraEgress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443, "protocol": "TCP"}]}],
         }
     },
     "serviceMonitor": {
@@ -462,8 +465,9 @@ def test_secret_env_creates_a_secret_loaded_with_env_from(chart: helm_python.Cha
     annotations = deployment(docs)["spec"]["template"]["metadata"]["annotations"]
     assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/secret"])
     other = render(chart, {"secretEnv": {"VTE_DEMO_KEY": "another"}})
-    assert deployment(other)["spec"]["template"]["metadata"]["annotations"]["checksum/secret"] != (
-        annotations["checksum/secret"]
+    assert (
+        deployment(other)["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+        != (annotations["checksum/secret"])
     )
 
 
@@ -522,6 +526,13 @@ def test_termination_grace_must_exceed_pre_stop_plus_shutdown_grace(
             render(chart, values)
 
 
+def test_shutdown_grace_of_an_external_config_is_assumed_default(chart: helm_python.Chart) -> None:
+    gateway = copy.deepcopy(chart.values["config"]["gateway"])
+    gateway["server"] = {"shutdown_grace": "10m"}  # ignored: the external ConfigMap is used
+    values = {"config": {"existingConfigMap": "cm", "gateway": gateway}}
+    assert pod_spec(render(chart, values))["terminationGracePeriodSeconds"] == 45
+
+
 def test_checksum_config_only_with_rollout(chart: helm_python.Chart) -> None:
     hot = deployment(render(chart))["spec"]["template"]["metadata"]["annotations"]
     assert not any(k.startswith("checksum/config") for k in hot)
@@ -543,7 +554,7 @@ def test_rollout_with_existing_configmap_is_refused(chart: helm_python.Chart) ->
 
 
 def test_empty_config_is_refused(chart: helm_python.Chart) -> None:
-    with pytest.raises(helm_python.HelmError, match="config.gateway"):
+    with pytest.raises(helm_python.HelmError, match=r"config\.gateway"):
         render(chart, {"config": {"gateway": ""}})
 
 
@@ -674,6 +685,8 @@ def test_prometheus_rule_alerts(chart: helm_python.Chart) -> None:
     assert check_promql(reload_expr) == {"vte_config_reloads_total"}
     assert 'result="failure"' in reload_expr and 'result="success"' in reload_expr
     assert "unless" in reload_expr and "[10m]" in reload_expr
+    # a process's first failure creates the series at 1, which increase() cannot see
+    assert "offset 10m" in reload_expr
 
     error_expr = alerts["VteProxyUpstreamErrorRate"]["expr"]
     assert check_promql(error_expr) == {"vte_upstream_errors_total", "vte_requests_total"}
@@ -838,3 +851,18 @@ def test_rendered_gateway_config_passes_vte_proxy_check(chart: helm_python.Chart
         timeout=60,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def test_packaged_chart_keeps_the_dashboard(chart: helm_python.Chart, tmp_path: Path) -> None:
+    """`helm package` output (what a chart repository serves) still renders the dashboard."""
+    archive = helm_python.package(CHART_DIR, destination=tmp_path)
+    packaged = helm_python.Chart.load(archive)
+    try:
+        assert packaged.version == chart.version
+        names = {f["name"] for f in packaged.files}
+        assert "dashboards/vte-proxy.json" in names
+        docs = render(packaged, {"dashboard": {"enabled": True}})
+        (configmap,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
+        assert json.loads(next(iter(configmap["data"].values())))["uid"] == "vte-proxy"
+    finally:
+        packaged.close()

@@ -124,13 +124,13 @@ The gateway.yaml document: config.gateway as a string (verbatim) or a mapping (t
 {{- end }}
 
 {{/*
-server.shutdown_grace of config.gateway in whole seconds (rounded up), 30 (the gateway's
-default) when absent or when the config is not a mapping. Accepts numbers (seconds) and
+server.shutdown_grace of config.gateway in whole seconds (rounded up); 30 (the gateway's
+default) when absent, when config.gateway is a string or when existingConfigMap is used. Accepts numbers (seconds) and
 durations like 500ms, 30s, 2m, 1h.
 */}}
 {{- define "vte-proxy.shutdownGraceSeconds" -}}
 {{- $grace := 30 }}
-{{- if kindIs "map" .Values.config.gateway }}
+{{- if and (not .Values.config.existingConfigMap) (kindIs "map" .Values.config.gateway) }}
 {{- $server := get .Values.config.gateway "server" | default dict }}
 {{- if and (kindIs "map" $server) (hasKey $server "shutdown_grace") }}
 {{- $raw := toString (get $server "shutdown_grace") | trim }}
