@@ -1,6 +1,7 @@
 """Test support: a scripted OpenAI-compatible upstream and a real `vte-proxy serve` process.
 
-Both listen on loopback. The upstream runs uvicorn in a thread with its own event loop, so
+Both listen on loopback. The upstream runs uvicorn in a thread with its own event loop
+(:func:`serve_app_in_thread` does the same for any ASGI app), so
 sync clients (the openai SDK) and async tests can use it alike; it records every request it
 receives and answers from a script (a queue of behaviours) or, by default, like a plain
 OpenAI-compatible API would.
@@ -41,6 +42,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class AppServer:
+    """An ASGI app served by uvicorn on a free loopback port, in a daemon thread with its own
+    event loop (so sync clients like the openai SDK and async tests can both reach it)."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                     lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self, timeout: float = 10) -> AppServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("app server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+
+
+@contextlib.contextmanager
+def serve_app_in_thread(app: Any) -> Iterator[AppServer]:
+    """Serve ``app`` on loopback for the duration of the block (``.url`` has no path)."""
+    server = AppServer(app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------- behaviours
@@ -109,29 +145,21 @@ class ScriptedUpstream:
         self.models_status = 200
         self.open_streams = 0
         self.closed_streams = 0
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
         routes = [Route("/v1/models", self._models, methods=["GET"]),
                   Route("/v1/{endpoint:path}", self._handle, methods=["POST"])]
-        self._server = uvicorn.Server(uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=self.port,
-                                                     log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._server = AppServer(Starlette(routes=routes))
+        self.port = self._server.port
+        self.url = f"{self._server.url}/v1"
 
     def push(self, *behaviours: Reply | Stream | Hang) -> None:
         self.script.extend(behaviours)
 
     def start(self) -> ScriptedUpstream:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("scripted upstream did not start")
-            time.sleep(0.01)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(5)
+        self._server.stop()
 
     def last(self, path: str | None = None) -> Received:
         for r in reversed(self.requests):

@@ -82,6 +82,9 @@ def _check_schema(schema: Any, path: str, depth: int = 0) -> None:
     for key in _NOT_ON_WIRE:
         if key in schema:
             raise _fail(f"{path}.{key}: not allowed in a translated schema")
+    if "anyOf" in schema and len(schema) > 1:
+        raise _fail(f"{path}: schema specified other fields alongside any_of. "
+                    "When using any_of, it must be the only field set.")
     stype = schema.get("type")
     if stype is not None and stype not in _SCHEMA_TYPES:
         raise _fail(f"{path}.type: invalid value {stype!r}")

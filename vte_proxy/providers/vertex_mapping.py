@@ -1,8 +1,10 @@
 """OpenAI chat completions <-> Vertex AI (Gemini) ``generateContent``: the ``vertex-express`` mapping.
 
 Pure translation, no networking. The request side lives in
-:mod:`~vte_proxy.providers.vertex_request`, the answer side (JSON, SSE stream, usage, errors) in
-:mod:`~vte_proxy.providers.vertex_response`; this module is the public face of both.
+:mod:`~vte_proxy.providers.vertex_request` (JSON schemas in :mod:`~vte_proxy.providers.vertex_schema`),
+the answer side (JSON, SSE stream, usage, errors) in :mod:`~vte_proxy.providers.vertex_response`;
+this module is the public face of them all. The provider itself is
+:mod:`~vte_proxy.providers.vertex`.
 
 Tool-call ids and Gemini thought signatures
 -------------------------------------------
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 from vte_proxy.providers.vertex_request import (
     chat_to_gemini,
-    clean_schema,
     new_tool_call_id,
     thought_signature_from_id,
 )
@@ -36,6 +37,7 @@ from vte_proxy.providers.vertex_response import (
     gemini_to_chat,
     gemini_usage,
 )
+from vte_proxy.providers.vertex_schema import clean_schema
 
 __all__ = [
     "GeminiStreamTranslator",

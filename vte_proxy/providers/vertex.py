@@ -1,0 +1,135 @@
+"""``type: vertex-express``: Gemini on Vertex AI in express mode (an API key, no project).
+
+Express keys do not work on Vertex's OpenAI-compatible endpoint, so this provider translates:
+the client's chat/completions body becomes a ``generateContent`` body
+(:mod:`~vte_proxy.providers.vertex_mapping`), and Gemini's answers, SSE events and errors become
+OpenAI's. Only ``/v1/chat/completions`` is served; the models come from the config.
+
+The key travels in the ``x-goog-api-key`` header, never in the URL (URLs end up in exception
+texts and logs). Stream policy, usage accounting and model names in answers are left to
+:mod:`vte_proxy.proxy`, exactly as for ``openai`` providers.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from vte_proxy.config import ProviderConfig
+from vte_proxy.errors import UpstreamError
+from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.providers.openai import parse_json_answer
+from vte_proxy.providers.vertex_mapping import GeminiStreamTranslator, chat_to_gemini, gemini_error, gemini_to_chat
+from vte_proxy.sse import DONE, data_of, event, split_events
+from vte_proxy.upstream import MAX_ERROR_BODY, Upstream, UpstreamResponse
+
+DEFAULT_BASE_URL = "https://aiplatform.googleapis.com"
+
+
+def _response_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+class VertexExpressProvider(Provider):
+    endpoints = ("chat/completions",)
+
+    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(config)
+        assert config.api_key is not None  # enforced by the config schema
+        self.upstream = Upstream(config, transport)  # its redactor covers api_key and header values
+        base = config.base_url or DEFAULT_BASE_URL
+        self._base = base.removesuffix("/v1") + "/v1/publishers/google/models/"
+        self._urls: dict[str, tuple[str, str]] = {}
+        for model in config.models:
+            self._url(model, True)
+        headers = {k.lower(): v for k, v in config.headers.items()}
+        headers.update({"content-type": "application/json", "x-goog-api-key": config.api_key.get_secret_value()})
+        self._headers = headers
+        self._stream_headers = {**headers, "accept": "text/event-stream"}
+
+    def _url(self, model: str, stream: bool) -> str:
+        """The generateContent (or streaming) URL of ``model``, built once per model."""
+        urls = self._urls.get(model)
+        if urls is None:
+            root = self._base + quote(model, safe="@")
+            urls = self._urls[model] = (f"{root}:generateContent", f"{root}:streamGenerateContent?alt=sse")
+        return urls[1] if stream else urls[0]
+
+    async def send(self, call: Call) -> Answer:
+        self.check_endpoint(call.endpoint)
+        body = orjson.dumps(chat_to_gemini(call.body))  # 400 before any network for untranslatable bodies
+        response = await self.upstream.send(
+            "POST", self._url(call.target.upstream_model, call.stream),
+            self._stream_headers if call.stream else self._headers, body, raise_for_status=False)
+        if response.status >= 300:
+            raise await self._error(response)
+        if call.stream:
+            translator = GeminiStreamTranslator(call.reply_model, _response_id(), int(time.time()))
+            return StreamAnswer(self._events(response, translator), response.aclose, rewrite_model=False)
+        try:
+            raw = await response.read()
+        finally:
+            await response.aclose()
+        return JsonAnswer(gemini_to_chat(parse_json_answer(self.name, raw), call.reply_model, _response_id(),
+                                         int(time.time())))
+
+    async def _error(self, response: UpstreamResponse) -> UpstreamError:
+        """A non-2xx answer as an UpstreamError with an OpenAI-shaped (redacted) body."""
+        try:
+            raw = self.upstream.redactor.bytes(await response.read(MAX_ERROR_BODY))
+        except UpstreamError:
+            raw = b""
+        finally:
+            await response.aclose()
+        status, body = gemini_error(response.status, raw)
+        retry_after = response.headers.get("retry-after")
+        error: dict[str, Any] = body["error"]
+        return UpstreamError(status, str(error["message"]), "status",
+                             retryable=response.status == 429 or response.status >= 500,
+                             code=error.get("code"), body=orjson.dumps(body),
+                             headers={"retry-after": retry_after} if retry_after else None)
+
+    async def _events(self, response: UpstreamResponse, translator: GeminiStreamTranslator) -> AsyncIterator[bytes]:
+        """Gemini SSE events -> OpenAI chunk events, the usage chunk, then ``[DONE]``.
+
+        A stream that ends before every choice got a finishReason raises a ``truncated`` error
+        (the proxy turns it into an SSE error event, or a 502 when it assembles a completion).
+        """
+        redact = self.upstream.redactor.bytes
+        try:
+            async for ev in split_events(response.iter_bytes()):
+                payload = data_of(ev)
+                if payload is None:  # comments, bare event: lines
+                    continue
+                if b'"error"' in payload:
+                    payload = redact(payload)
+                try:
+                    obj = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(502, f"provider {self.name!r} sent an invalid stream event",
+                                        "protocol") from None
+                for chunk in translator.feed(obj):
+                    yield event(chunk)
+        except UpstreamError as exc:
+            # A connection lost after every finishReason (while waiting for a trailing usage
+            # event) loses nothing the client needs.
+            if not translator.finished or exc.reason not in ("truncated", "idle", "timeout"):
+                raise
+        for chunk in translator.finish():
+            yield event(chunk)
+        if not translator.finished:
+            raise UpstreamError(502, f"provider {self.name!r} ended the stream before it was complete",
+                                "truncated")
+        usage = translator.usage_chunk()
+        if usage is not None:  # always sent: the proxy drops it unless the client asked for it
+            yield event(usage)
+        yield DONE
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
