@@ -205,30 +205,42 @@ async def _pass_through(answer: StreamAnswer, watcher: StreamWatcher, rec: Reque
 
 async def _assemble(answer: StreamAnswer, exposed: str, target: Target, rec: RequestRecord) -> dict[str, Any]:
     """force_stream for a non-streaming client: one chat.completion from the upstream chunks."""
-    assembler = ChatAssembler()
-    done = finished = False
     try:
-        async for ev in answer.events:
-            payload = data_of(ev)
-            if payload is None:
-                continue
-            if payload == b"[DONE]":
-                done = True
-                break
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                raise UpstreamError(502, f"provider {target.provider!r} sent an invalid stream event",
-                                    "protocol") from None
-            if isinstance(chunk, dict):
-                if "error" in chunk and "choices" not in chunk:
-                    raise UpstreamError(502, f"provider {target.provider!r} failed mid-stream", "truncated")
-                assembler.add(chunk)
-                finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
+        completion = await _collect(answer, exposed, target)
+    except UpstreamError as exc:
+        metrics.child(metrics.UPSTREAM_ERRORS, target.provider, exc.reason).inc()
+        raise
     finally:
         await answer.close()
+    record_usage(rec, completion.get("usage"))
+    return completion
+
+
+async def _collect(answer: StreamAnswer, exposed: str, target: Target) -> dict[str, Any]:
+    assembler = ChatAssembler()
+    done = finished = False
+    async for ev in answer.events:
+        payload = data_of(ev)
+        if payload is None:
+            continue
+        if payload == b"[DONE]":
+            done = True
+            break
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(502, f"provider {target.provider!r} sent an invalid stream event",
+                                "protocol") from None
+        if isinstance(chunk, dict):
+            if "error" in chunk and "choices" not in chunk:
+                raise UpstreamError(502, f"provider {target.provider!r} failed mid-stream", "truncated")
+            try:
+                assembler.add(chunk)
+                finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
+            except (AttributeError, TypeError):  # a chunk of the wrong shape
+                raise UpstreamError(502, f"provider {target.provider!r} sent a malformed chunk",
+                                    "protocol") from None
     if not (done or finished):
         raise UpstreamError(502, f"provider {target.provider!r} ended the stream before it was complete",
                             "truncated")
-    record_usage(rec, assembler.usage)
     return assembler.result(exposed)
