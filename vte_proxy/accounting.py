@@ -1,12 +1,17 @@
 """What happens when a request ends: metrics, token counts, the request log.
 
+:func:`dispatched` is called when a request is handed to a provider (the in-flight gauge);
 :func:`record_usage` is the one hook the proxy calls with the usage of every answer, streamed
 or not. :func:`finish` turns a :class:`RequestRecord` into metrics, one log line and an entry
 in the live request log that the status page shows.
+
+Nothing here holds a key: a record carries the key's *name*. The requested model is client
+text: it goes to the log line (escaped) and the live log, never into a metric label.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -17,6 +22,7 @@ from typing import Any
 from vte_proxy import metrics
 
 log = logging.getLogger("vte_proxy.access")
+trace = logging.getLogger("vte_proxy.dispatch")
 
 LOG_SIZE = 500
 
@@ -40,6 +46,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+    in_flight: str | None = None  # the provider whose in-flight gauge counts this request
 
     def entry(self) -> dict[str, Any]:
         return {"time": self.time, "key": self.key, "model": self.requested or self.model,
@@ -69,12 +76,27 @@ def usage_tokens(usage: dict[str, Any]) -> tuple[int | None, int | None]:
     return prompt, completion
 
 
+def dispatched(rec: RequestRecord, provider: str) -> None:
+    """The request is being sent to ``provider`` (again, or to the next route target): it
+    counts as in flight there until :func:`finish`."""
+    if rec.in_flight != provider:
+        if rec.in_flight is not None:
+            metrics.child(metrics.IN_FLIGHT, rec.in_flight).dec()
+        metrics.child(metrics.IN_FLIGHT, provider).inc()
+        rec.in_flight = provider
+    rec.provider = provider
+    if trace.isEnabledFor(logging.DEBUG):  # every try, so a route's fall-over can be followed
+        trace.debug("%s key=%s model=%s: sending to provider %s", rec.endpoint, rec.key, rec.model, provider)
+
+
 def record_usage(rec: RequestRecord, usage: dict[str, Any] | None) -> None:
-    """The usage hook: count the tokens of one answer against provider, model and key."""
-    if usage is None:
+    """The usage hook: count the tokens of one answer against provider, model and key.
+    An answer without usage is counted as such, never guessed."""
+    prompt, completion = usage_tokens(usage) if usage is not None else (None, None)
+    if prompt is None and completion is None:
         metrics.child(metrics.USAGE_MISSING, rec.provider).inc()
         return
-    prompt, completion = usage_tokens(usage)
+    assert usage is not None
     rec.prompt_tokens, rec.completion_tokens = prompt, completion
     if prompt:
         metrics.child(metrics.TOKENS, rec.model, rec.provider, rec.key, "prompt").inc(prompt)
@@ -94,6 +116,11 @@ subscribers: set[Callable[[dict[str, Any]], None]] = set()
 def finish(rec: RequestRecord) -> None:
     """Close the books on a request: metrics, the log line, the live log."""
     rec.duration = time.monotonic() - rec.started
+    if rec.status == 0:  # an unexpected exception: the guard middleware answers 500
+        rec.status, rec.error = 500, rec.error or "internal_error"
+    if rec.in_flight is not None:
+        metrics.child(metrics.IN_FLIGHT, rec.in_flight).dec()
+        rec.in_flight = None
     metrics.child(metrics.REQUESTS, rec.endpoint, rec.model, rec.provider, rec.key, str(rec.status)).inc()
     metrics.child(metrics.DURATION, rec.endpoint, rec.model, rec.provider).observe(rec.duration)
     if rec.ttft is not None:
@@ -103,5 +130,36 @@ def finish(rec: RequestRecord) -> None:
     for notify in tuple(subscribers):
         notify(entry)
     if log.isEnabledFor(logging.INFO):
-        log.info("%s %s %s -> %s %d %.1fms", rec.key, rec.endpoint, entry["model"], rec.provider, rec.status,
-                 rec.duration * 1000, extra={"request": entry})
+        log.info(RequestLine(entry), extra={"request": entry})
+
+
+def safe_text(value: str) -> str:
+    """Client text for a text log line: as is when plain, JSON-quoted when it holds spaces,
+    quotes or control characters (no forged lines, no ambiguity)."""
+    if value and value.isprintable() and " " not in value and '"' not in value:
+        return value
+    return json.dumps(value)
+
+
+class RequestLine:
+    """The text of a request's log line, built only if a text formatter asks for it:
+    ``200 chat/completions key=team model=up/gpt-4o provider=up duration=12.3ms ttft=4.1ms tokens=7+3``."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
+
+    def __str__(self) -> str:
+        e = self.entry
+        parts = [str(e["status"]), e["endpoint"], f"key={e['key']}", f"model={safe_text(e['model'])}",
+                 f"provider={e['provider']}", f"duration={e['duration_ms']}ms"]
+        if e["ttft_ms"] is not None:
+            parts.append(f"ttft={e['ttft_ms']}ms")
+        p, c = e["prompt_tokens"], e["completion_tokens"]
+        parts.append("tokens=-" if p is None and c is None else f"tokens={p or 0}+{c or 0}")
+        if e["stream"]:
+            parts.append("stream")
+        if e["error"]:
+            parts.append(f"error={safe_text(e['error'])}")
+        return " ".join(parts)

@@ -5,13 +5,17 @@ names, a closed set of endpoints, reasons and results. Children are resolved onc
 set and cached, so the hot path does a dict lookup, not ``labels()``.
 
 With ``--workers N`` the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker starts and
-``/metrics`` aggregates every worker's files (prometheus_client's multiprocess mode).
+``/metrics`` aggregates every worker's files (prometheus_client's multiprocess mode): counters
+and histograms are summed over all workers, dead ones included (their counts stay counted);
+the in-flight gauge is summed over live workers only, and the files of live gauges of workers
+that died (uvicorn restarts them) are dropped at the next scrape.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Any
 
 from prometheus_client import (
@@ -21,9 +25,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
+
+# No ``*_created`` series: they double the exposition and multiprocess mode has none anyway.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # LLM calls take from milliseconds to minutes: the default 10 s ceiling would hide them.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -46,7 +54,7 @@ RELOADS = Counter("vte_config_reloads", "Config reloads, by result.", ["result"]
 LAST_RELOAD = Gauge("vte_config_last_reload_success_timestamp_seconds",
                     "Unix time of the last successful config load.", multiprocess_mode="livemax")
 MODELS = Gauge("vte_models_available", "Exposed models per provider.", ["provider"],
-               multiprocess_mode="livemax")
+               multiprocess_mode="livemostrecent")
 
 _cache: dict[tuple[Any, ...], Any] = {}
 
@@ -62,10 +70,19 @@ def child(metric: Any, *labels: str) -> Any:
     return c
 
 
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when several workers share the metrics, else None."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 def set_models_available(counts: dict[str, int]) -> None:
     for name in list(_known_providers - counts.keys()):
-        with contextlib.suppress(KeyError):
-            MODELS.remove(name)
+        if multiprocess_dir():  # series cannot be removed from the shared files: report 0
+            child(MODELS, name).set(0)
+        else:
+            with contextlib.suppress(KeyError):
+                MODELS.remove(name)
+            _cache.pop((id(MODELS), name), None)  # a provider that comes back needs a new child
         _known_providers.discard(name)
     for name, n in counts.items():
         child(MODELS, name).set(n)
@@ -74,11 +91,71 @@ def set_models_available(counts: dict[str, int]) -> None:
 
 _known_providers: set[str] = set()
 
+_LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def reap_dead_workers(path: str) -> None:
+    """Drop the live-gauge files of workers that are gone (a worker uvicorn restarted would
+    otherwise keep its last in-flight count forever)."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    dead = {int(m.group(1)) for n in names if (m := _LIVE_FILE.fullmatch(n))} - {os.getpid()}
+    for pid in dead:
+        if not _pid_alive(pid):
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _collect() -> Any:
+    path = multiprocess_dir()
+    if path:
+        reap_dead_workers(path)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
 
 def exposition() -> tuple[bytes, str]:
     """The text exposition of every metric (all workers' in multiprocess mode)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(_collect()), CONTENT_TYPE_LATEST
+
+
+def model_totals() -> dict[str, dict[str, int]]:
+    """Requests, errors (status >= 400) and tokens per model label since start, over all
+    workers: the status page's totals are the same numbers as ``/metrics``."""
+    out: dict[str, dict[str, int]] = {}
+
+    def row(model: str) -> dict[str, int]:
+        r = out.get(model)
+        if r is None:
+            r = out[model] = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        return r
+
+    source = _collect()
+    families = source.collect() if source is not REGISTRY else [*REQUESTS.collect(), *TOKENS.collect()]
+    for family in families:
+        if family.name == "vte_requests":
+            for sample in family.samples:
+                if sample.name == "vte_requests_total":
+                    r = row(sample.labels["model"])
+                    r["requests"] += int(sample.value)
+                    if int(sample.labels["code"]) >= 400:
+                        r["errors"] += int(sample.value)
+        elif family.name == "vte_tokens":
+            for sample in family.samples:
+                if sample.name == "vte_tokens_total":
+                    r = row(sample.labels["model"])
+                    r[f"{sample.labels['type']}_tokens"] += int(sample.value)
+    return out

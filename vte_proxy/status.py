@@ -3,11 +3,16 @@ request log pushed to the page with Server-Sent Events (``GET /status/events``).
 
 Everything here is guarded by HTTP Basic (any user name, a key with ``status: true`` as the
 password). Keys are shown by name only; upstream URLs by host only.
+
+Request and token totals come from the metrics, so with ``--workers N`` they cover every
+worker; the live log and the providers' recent error rates are those of the worker that
+serves the page.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
@@ -20,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from vte_proxy import __version__, accounting
+from vte_proxy import __version__, accounting, metrics
 from vte_proxy.http import authenticate_status
 from vte_proxy.state import Gateway
 
@@ -29,6 +34,10 @@ if TYPE_CHECKING:
 
 ERROR_WINDOW = 300.0  # seconds of history behind a provider's "recent error rate"
 SUBSCRIBER_QUEUE = 1000
+KEEP_ALIVE = 15.0  # seconds between SSE comments on an idle live log
+FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           b'fill="#0f1318"/><path d="M3 5l3 3-3 3M8 11h5" stroke="#3fb950" stroke-width="1.6" fill="none" '
+           b'stroke-linecap="round" stroke-linejoin="round"/></svg>')
 
 
 class StatusPage:
@@ -36,8 +45,6 @@ class StatusPage:
         self.gateway = gateway
         self.discovery = discovery
         self.started = time.time()
-        self.per_model: dict[str, dict[str, int]] = defaultdict(
-            lambda: {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0})
         self.recent: deque[tuple[float, str, bool]] = deque(maxlen=20_000)
         accounting.subscribers.add(self._on_request)
         self._queues: set[asyncio.Queue[bytes]] = set()
@@ -45,17 +52,11 @@ class StatusPage:
 
     def routes(self) -> list[Route]:
         return [Route("/", self.page, methods=["GET"]), Route("/status.json", self.json, methods=["GET"]),
-                Route("/status/events", self.events, methods=["GET"])]
+                Route("/status/events", self.events, methods=["GET"]),
+                Route("/favicon.svg", self.favicon, methods=["GET"])]
 
     def _on_request(self, entry: dict[str, Any]) -> None:
-        model = entry["model"] if entry["model"] in self.gateway.state.routing.entries else "unknown"
-        totals = self.per_model[model]
-        totals["requests"] += 1
         ok = entry["status"] < 400
-        if not ok:
-            totals["errors"] += 1
-        totals["prompt_tokens"] += entry["prompt_tokens"] or 0
-        totals["completion_tokens"] += entry["completion_tokens"] or 0
         if entry["provider"] != "-":
             self.recent.append((time.monotonic(), entry["provider"], ok))
         if self._queues:
@@ -88,23 +89,24 @@ class StatusPage:
                 "recent_requests": total, "recent_errors": errors,
                 "error_rate": round(errors / total, 4) if total else 0.0,
             })
+        per_model = metrics.model_totals()
+        zero = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
         models = []
         for entry in state.routing.entries.values():
             t = entry.targets[0] if entry.targets else None
-            totals = self.per_model.get(entry.name) or {"requests": 0, "errors": 0, "prompt_tokens": 0,
-                                                        "completion_tokens": 0}
+            totals = per_model.get(entry.name) or zero
             models.append({"id": entry.name, "route": entry.route,
                            "provider": None if entry.route or t is None else t.provider,
                            "upstream": None if entry.route or t is None else t.upstream_model,
                            "targets": [x.exposed for x in entry.targets] if entry.route else None, **totals})
-        unknown = self.per_model.get("unknown")
-        totals = {k: sum(m[k] for m in self.per_model.values())
-                  for k in ("requests", "errors", "prompt_tokens", "completion_tokens")}
+        unknown = per_model.get("unknown")
+        totals = {k: sum(m[k] for m in per_model.values()) for k in zero}
         failure = g.last_failure
         return {
             "version": __version__,
             "started_at": self.started,
             "ready": g.ready,
+            "worker": {"pid": os.getpid(), "multiprocess": metrics.multiprocess_dir() is not None},
             "config": {"path": g.config_path, "hash": state.loaded.sha256[:12], "loaded_at": state.loaded_at,
                        "reloads": dict(g.reloads),
                        "last_reload_error": None if failure is None else {"at": failure.at,
@@ -126,6 +128,9 @@ class StatusPage:
                                  "content-security-policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
                                  "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"})
 
+    async def favicon(self, request: Request) -> Response:
+        return Response(FAVICON, media_type="image/svg+xml", headers={"cache-control": "max-age=86400"})
+
     async def json(self, request: Request) -> Response:
         denied = authenticate_status(self.gateway.state, request.headers)
         if denied is not None:
@@ -142,12 +147,17 @@ class StatusPage:
 
         async def stream() -> AsyncIterator[bytes]:
             try:
-                yield b": connected\n\n"
-                while not self.gateway.draining:
+                yield b"retry: 3000\n: connected\n\n"
+                idle = 0.0
+                while not self.gateway.draining:  # checked every second: a shutdown is not held up
                     try:
-                        yield await asyncio.wait_for(queue.get(), 15.0)
+                        yield await asyncio.wait_for(queue.get(), 1.0)
+                        idle = 0.0
                     except TimeoutError:
-                        yield b": keep-alive\n\n"
+                        idle += 1.0
+                        if idle >= KEEP_ALIVE:
+                            idle = 0.0
+                            yield b": keep-alive\n\n"
             finally:
                 self._queues.discard(queue)
 
