@@ -187,6 +187,8 @@ def test_concurrency_cap_answers_503_beyond_it(r: Stack) -> None:
     for t in threads:
         t.join()
     assert over.status_code == 503 and over.json()["error"]["code"] == "overloaded"
+    metrics = httpx.get(r.gateway.url + "/metrics").text
+    assert 'vte_requests_total{code="503",endpoint="chat/completions",key="-",model="unknown",provider="-"}' in metrics
     assert httpx.post(r.gateway.url + "/v1/chat/completions", headers=AUTH,
                       json={"model": "demo/echo", "messages": MESSAGES}).status_code == 200
 

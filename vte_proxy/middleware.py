@@ -10,8 +10,10 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vte_proxy.accounting import finish, new_record
 from vte_proxy.errors import GatewayError
 from vte_proxy.http import send_error
+from vte_proxy.providers.base import ENDPOINTS
 from vte_proxy.state import Gateway
 
 log = logging.getLogger("vte_proxy.app")
@@ -34,8 +36,7 @@ class GuardMiddleware:
         if limited:
             limit = self.gateway.state.config.server.max_concurrency
             if self.active >= limit:
-                await send_error(send, GatewayError(503, "the gateway is at its concurrency limit, retry later",
-                                                    "overloaded", headers={"retry-after": "1"}))
+                await self._overloaded(scope, send)
                 return
             self.active += 1
         started = False
@@ -55,6 +56,16 @@ class GuardMiddleware:
         finally:
             if limited:
                 self.active -= 1
+
+
+    @staticmethod
+    async def _overloaded(scope: Scope, send: Send) -> None:
+        endpoint = scope["path"][4:]
+        rec = new_record(endpoint if endpoint in ENDPOINTS else "other")
+        rec.status, rec.error = 503, "overloaded"
+        await send_error(send, GatewayError(503, "the gateway is at its concurrency limit, retry later",
+                                            "overloaded", headers={"retry-after": "1"}))
+        finish(rec)  # counted, so alerts on 5xx see the refusals
 
 
 class CORSMiddleware:
