@@ -11,8 +11,18 @@ from pathlib import Path
 import httpx
 import openai
 
-from tests.support import CLIENT_KEY, UPSTREAM_KEY, Hang, Reply, ScriptedUpstream, Stream, chunk, free_port, \
-    gateway_yaml, running_gateway
+from tests.support import (
+    CLIENT_KEY,
+    UPSTREAM_KEY,
+    Hang,
+    Reply,
+    ScriptedUpstream,
+    Stream,
+    chunk,
+    free_port,
+    gateway_yaml,
+    running_gateway,
+)
 
 ADMIN = "sk-admin-key-000"
 HEADER_SECRET = "hdr-SECRET-value-42"
@@ -40,7 +50,8 @@ def extra(dead: int) -> str:
 
 def test_no_secret_anywhere_after_a_run_of_failures(tmp_path: Path, upstream: ScriptedUpstream) -> None:
     cfg = gateway_yaml(upstream.url, extra(free_port()), server="header_timeout: 5s\n")
-    cfg = cfg.replace("    models: [gpt-4o, gpt-4o-mini]", "    models: [gpt-4o, gpt-4o-mini]\n    timeouts: {first_byte: 1s}")
+    cfg = cfg.replace("    models: [gpt-4o, gpt-4o-mini]",
+                      "    models: [gpt-4o, gpt-4o-mini]\n    timeouts: {first_byte: 1s}")
     seen: list[str] = []
     with running_gateway(tmp_path, cfg, log_level="debug", log_format="json") as gw:
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)

@@ -45,22 +45,29 @@ class Discovery:
             if p.discover.enabled:
                 self.status.setdefault(p.name, DiscoveryStatus())
                 self._tasks.append(loop.create_task(self._loop(p.name, p.discover.interval, state.providers)))
+        discovering = {p.name for p in state.config.providers if p.discover.enabled}
         for name in list(self.status):
-            if name not in state.providers.providers:
+            if name not in discovering:
                 del self.status[name]
 
     async def poll(self, name: str, providers: ProviderSet) -> bool:
         """One discovery round for ``name``; True when it succeeded."""
         status = self.status.setdefault(name, DiscoveryStatus())
+        providers.acquire()  # the pool stays open while this poll uses it
         try:
             models = await providers.providers[name].discover()
-        except UpstreamError as exc:
+        except Exception as exc:
+            message = exc.message if isinstance(exc, UpstreamError) else f"{exc.__class__.__name__}"
+            if not isinstance(exc, UpstreamError):
+                log.exception("discovery for provider %s raised", name)
             metrics.child(metrics.UPSTREAM_ERRORS, name, "discovery").inc()
-            status.last_error = exc.message
+            status.last_error = message
             log.warning("discovery for provider %s failed, keeping %d known models: %s", name, status.models,
-                        exc.message)
+                        message)
             status.polled.set()
             return False
+        finally:
+            providers.release()
         status.last_ok, status.last_error, status.models = time.time(), None, len(models)
         if providers is self._set and self.gateway.apply_discovery(name, models):
             log.warning("provider %s now lists %d models", name, len(models))

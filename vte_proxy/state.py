@@ -30,6 +30,9 @@ from vte_proxy.routing import RoutingError, RoutingTable, build_routing
 
 log = logging.getLogger("vte_proxy.state")
 
+# Settings the server reads once, at start; a reload swaps everything else.
+START_ONLY = ("shutdown_grace", "header_timeout")
+
 TransportFactory = Callable[[ProviderConfig], httpx.AsyncBaseTransport | None]
 
 
@@ -38,6 +41,7 @@ class ProviderSet:
     """The providers built for one config, closed once retired and idle."""
 
     providers: dict[str, Provider]
+    label: str = ""  # the config hash it was built for, for the log
     in_flight: int = 0
     retired: bool = False
     _closing: asyncio.Task[None] | None = None
@@ -65,6 +69,8 @@ class ProviderSet:
                 await p.aclose()
             except Exception:  # closing must not fail a reload
                 log.warning("closing provider %s failed", p.name, exc_info=True)
+        if self.retired:
+            log.info("closed the connections of the retired config %s (its last request is done)", self.label)
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,7 +100,8 @@ def build_state(loaded: LoadedConfig, discovered: Mapping[str, tuple[str, ...]],
     routing = build_routing(config, discovered)
     providers = {p.name: build_provider(p, transport(p) if transport else None) for p in config.providers}
     modes = {p.name: p.stream_mode or config.stream_mode for p in config.providers}
-    return GatewayState(loaded, routing, KeyRing(config.keys), ProviderSet(providers), modes, dict(discovered))
+    return GatewayState(loaded, routing, KeyRing(config.keys), ProviderSet(providers, loaded.sha256[:12]), modes,
+                        dict(discovered))
 
 
 class Gateway:
@@ -143,39 +150,58 @@ class Gateway:
 
         Returns True when a new config took effect. A broken file never does: the last good
         state keeps serving and the failure is kept for the status page and counted.
+        ``force`` (SIGHUP) rebuilds even from unchanged bytes.
         """
         async with self._lock:
-            current = self._state
             try:
                 raw = await asyncio.to_thread(read_config, self.config_path)
             except ConfigError as exc:
                 return self._fail(str(exc), "")
             digest = config_hash(raw)
-            # Unchanged bytes (or the same broken bytes, already reported): nothing to parse.
-            if not force and digest in (current.loaded.sha256 if current else "", self._failed_hash):
-                return False
+            current = self._state
+            if not force:
+                if current is not None and digest == current.loaded.sha256:
+                    if self.last_failure is not None:  # a broken edit was reverted: healed
+                        self.last_failure, self._failed_hash = None, ""
+                        self._count("success")
+                        log.warning("%s is back to the config being served (sha256 %s)", self.config_path,
+                                    digest[:12])
+                    return False
+                if digest == self._failed_hash:  # the same broken bytes, already reported
+                    return False
             try:
                 loaded = await asyncio.to_thread(load_config, self.config_path, None, raw)
             except ConfigError as exc:
                 return self._fail(str(exc), digest)
-            discovered = self._carry_discovered(current, loaded.config) if current else {}
             try:
+                # Read the state again: discovery may have swapped one in while we parsed.
+                current = self._state
+                discovered = self._carry_discovered(current, loaded.config) if current else {}
                 new = build_state(loaded, discovered, self.transport)
-            except RoutingError as exc:
-                return self._fail(str(exc), digest)
+            except Exception as exc:  # a reload must never take the watcher down
+                log.exception("building the state for %s failed", self.config_path)
+                # Only the type: an exception's text may hold a value from the file.
+                return self._fail(f"cannot build the new state ({exc.__class__.__name__}); see the log", digest)
             self._swap(new)
             self.last_failure, self._failed_hash = None, ""
             self._count("success")
-            log.warning("config reloaded from %s (sha256 %s)", self.config_path, loaded.sha256[:12])
+            if current is not None:
+                for name in START_ONLY:
+                    if getattr(current.config.server, name, None) != getattr(loaded.config.server, name, None):
+                        log.warning("server.%s changed: it takes effect when the process restarts", name)
+            log.warning("config reloaded from %s (sha256 %s, %d models)", self.config_path, loaded.sha256[:12],
+                        len(new.routing.entries))
             return True
 
     def _carry_discovered(self, current: GatewayState, config: GatewayConfig) -> dict[str, tuple[str, ...]]:
-        """Keep discovered lists of providers whose endpoint and discovery settings are unchanged,
-        so a reload does not make discovered models vanish until the next poll."""
+        """Keep the last upstream lists of discovering providers whose ``base_url`` is unchanged
+        (the filters apply when the table is built), so a reload does not make discovered
+        models vanish until the next poll."""
         out = {}
         for p in config.providers:
             old = next((o for o in current.config.providers if o.name == p.name), None)
-            if old and old.base_url == p.base_url and old.discover == p.discover and p.name in current.discovered:
+            if (old and p.discover.enabled and old.base_url == p.base_url and old.api_key == p.api_key
+                    and p.name in current.discovered):
                 out[p.name] = current.discovered[p.name]
         return out
 
@@ -187,9 +213,11 @@ class Gateway:
         discovered = {**current.discovered, provider: models}
         try:
             routing = build_routing(current.config, discovered)
-        except RoutingError as exc:
+        except RoutingError as exc:  # cannot happen for a config that loaded; never swap a bad table
             log.error("discovered models of %s conflict: %s", provider, exc)
             return False
+        for place, message in set(routing.conflicts) - set(current.routing.conflicts):
+            log.warning("discovery for %s: %s: %s", provider, place, message)
         self._swap(replace(current, routing=routing, discovered=discovered))
         return True
 
@@ -197,7 +225,7 @@ class Gateway:
         self._failed_hash = digest
         self.last_failure = ReloadFailure(time.time(), message)
         self._count("failure")
-        log.error("config reload failed, still serving the last good config: %s", message)
+        log.error("config reload of %s failed, still serving the last good config: %s", self.config_path, message)
         return False
 
     def _count(self, result: str) -> None:
