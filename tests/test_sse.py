@@ -18,13 +18,21 @@ async def collect(parts: list[bytes]) -> list[bytes]:
         for p in parts:
             yield p
 
-    return [ev async for ev in split_events(gen())]
+    return [ev async for batch in split_events(gen()) for ev in batch]
 
 
 async def test_split_events_handles_events_split_across_chunks_and_crlf() -> None:
     raw = b'data: {"a":1}\r\n\r\nevent: x\r\ndata: {"b":2}\r\n\r\ndata: [DONE]\r\n\r\n'
     parts = [raw[i:i + 7] for i in range(0, len(raw), 7)]
     assert await collect(parts) == [b'data: {"a":1}', b'event: x\ndata: {"b":2}', DONE]
+
+
+async def test_split_events_batches_the_complete_events_of_each_read() -> None:
+    async def gen() -> AsyncIterator[bytes]:
+        yield b'data: 1\n\ndata: 2\n\nda'
+        yield b'ta: 3\n\n'
+
+    assert [b async for b in split_events(gen())] == [[b"data: 1", b"data: 2"], [b"data: 3"]]
 
 
 async def test_split_events_drops_an_incomplete_last_event() -> None:

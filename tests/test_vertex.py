@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+import aiohttp.abc
 import httpx
 import openai
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from tests.support import CLIENT_KEY, GatewayProcess, free_port, gateway_yaml, running_gateway, serve_app_in_thread
 from tests.vertex_upstream import (
@@ -363,26 +370,49 @@ def test_the_vertex_key_never_appears_in_the_gateway_log(v: VertexStack) -> None
 
 # --- the provider in-process (what a scripted endpoint cannot send) --------------------------------
 
+class LoopbackResolver(aiohttp.abc.AbstractResolver):
+    """Every host name resolves to 127.0.0.1: the connector tests inject instead of patching."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        return None
+
+
 async def test_retry_after_passes_through_and_5xx_is_retryable_with_the_key_redacted() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[Request] = []
 
-    def answer(request: httpx.Request) -> httpx.Response:
+    async def answer(request: Request) -> Response:
         seen.append(request)
-        return httpx.Response(503, json=google_error(503, f"overloaded ({VERTEX_KEY})"), headers={"retry-after": "7"})
+        return JSONResponse(google_error(503, f"overloaded ({VERTEX_KEY})"), status_code=503,
+                            headers={"retry-after": "7"})
 
-    config = ProviderConfig(name="g", type="vertex-express", api_key=VERTEX_KEY,
-                            models=("gemini-2.5-flash",))
-    provider = VertexExpressProvider(config, httpx.MockTransport(answer))
-    call = Call("chat/completions", {"model": MODEL, "messages": HELLO},
-                Target(MODEL, "g", "gemini-2.5-flash"), stream=False)
-    try:
-        with pytest.raises(UpstreamError) as info:
-            await provider.send(call)
-    finally:
-        await provider.aclose()
+    app = Starlette(routes=[Route("/{path:path}", answer, methods=["POST"])])
+    with serve_app_in_thread(app) as server:
+        config = ProviderConfig(name="g", type="vertex-express", api_key=VERTEX_KEY, models=("gemini-2.5-flash",),
+                                base_url=f"http://vertex.invalid:{server.port}")
+        provider = VertexExpressProvider(config, lambda _: aiohttp.TCPConnector(resolver=LoopbackResolver()))
+        call = Call("chat/completions", {"model": MODEL, "messages": HELLO},
+                    Target(MODEL, "g", "gemini-2.5-flash"), stream=False)
+        try:
+            with pytest.raises(UpstreamError) as info:
+                await provider.send(call)
+        finally:
+            await provider.aclose()
     err = info.value
     assert (err.status, err.reason, err.retryable, err.headers) == (503, "status", True, {"retry-after": "7"})
-    assert str(seen[0].url) == f"https://aiplatform.googleapis.com{PATH}:generateContent"
+    assert seen[0].url.path == f"{PATH}:generateContent" and seen[0].url.hostname == "vertex.invalid"
+    assert "key=" not in str(seen[0].url)
     assert seen[0].headers["x-goog-api-key"] == VERTEX_KEY
     assert json.loads(err.json())["error"]["type"] == "service_unavailable"
     assert_no_key(err.json().decode() + str(err))
+
+
+def test_default_base_url_is_vertex_express() -> None:
+    config = ProviderConfig(name="g", type="vertex-express", api_key=VERTEX_KEY, models=("gemini-2.5-flash",))
+    provider = VertexExpressProvider(config)
+    assert provider._url("gemini-2.5-flash", False) == f"https://aiplatform.googleapis.com{PATH}:generateContent"
+    assert provider._url("gemini-2.5-flash", True) == (f"https://aiplatform.googleapis.com{PATH}"
+                                                       ":streamGenerateContent?alt=sse")

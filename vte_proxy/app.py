@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vte_proxy import metrics
 from vte_proxy.discovery import Discovery
@@ -28,8 +28,9 @@ from vte_proxy.http import HealthEndpoint, ModelsEndpoint, ProxyEndpoint, authen
 from vte_proxy.middleware import CORSMiddleware, GuardMiddleware
 from vte_proxy.providers.base import ENDPOINTS
 from vte_proxy.reload import install_sighup, poll_config, watch_config
-from vte_proxy.state import Gateway, TransportFactory
+from vte_proxy.state import Gateway
 from vte_proxy.status import StatusPage
+from vte_proxy.upstream import ConnectorFactory
 from vte_proxy.websocket import ChatWebSocket
 
 log = logging.getLogger("vte_proxy.app")
@@ -74,9 +75,27 @@ def _drain_on_sigterm(gateway: Gateway) -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def create_app(config_path: str, transport: TransportFactory | None = None) -> ASGIApp:
+class FastPath:
+    """``POST /v1/{endpoint}`` straight to its endpoint: the hot path skips Starlette's router
+    and its exception middleware (and their per-message send wrappers). Everything else, and
+    every error path, is Starlette's."""
+
+    def __init__(self, app: ASGIApp, routes: dict[str, ASGIApp]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.routes.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(config_path: str, connector: ConnectorFactory | None = None) -> ASGIApp:
     """The gateway for ``config_path``; the config is loaded (and must be valid) at startup."""
-    gateway = Gateway(config_path, transport)
+    gateway = Gateway(config_path, connector)
     discovery = Discovery(gateway)
     status = StatusPage(gateway, discovery)
 
@@ -101,8 +120,9 @@ def create_app(config_path: str, transport: TransportFactory | None = None) -> A
             await asyncio.gather(*tasks, return_exceptions=True)
             await gateway.aclose()
 
+    proxied = {f"/v1/{ep}": ProxyEndpoint(gateway, ep) for ep in ENDPOINTS}
     routes: list[Any] = [
-        *(Route(f"/v1/{ep}", ProxyEndpoint(gateway, ep), methods=["POST"]) for ep in ENDPOINTS),
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in proxied.items()),
         Route("/v1/models", ModelsEndpoint(gateway), methods=["GET"]),
         Route("/v1/models/{model_id:path}", ModelsEndpoint(gateway), methods=["GET"]),
         WebSocketRoute("/v1/chat/completions/ws", ChatWebSocket(gateway)),
@@ -115,7 +135,7 @@ def create_app(config_path: str, transport: TransportFactory | None = None) -> A
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.gateway = gateway
     app.state.discovery = discovery
-    return GuardMiddleware(CORSMiddleware(app, gateway), gateway)
+    return GuardMiddleware(CORSMiddleware(FastPath(app, dict(proxied)), gateway), gateway)
 
 
 def app_from_env() -> ASGIApp:

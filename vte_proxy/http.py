@@ -158,8 +158,9 @@ async def stream_reply(events: Any, close: Any, receive: Receive, send: Send) ->
     watcher = asyncio.get_running_loop().create_task(watch())
     try:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        async for ev in events:
-            await send({"type": "http.response.body", "body": ev + b"\n\n", "more_body": True})
+        async for batch in events:
+            body = batch[0] + b"\n\n" if len(batch) == 1 else b"\n\n".join(batch) + b"\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         done = True
         await send({"type": "http.response.body", "body": b""})
     except asyncio.CancelledError:

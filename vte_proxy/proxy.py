@@ -44,7 +44,7 @@ class JsonReply:
 
 @dataclass(slots=True)
 class StreamReply:
-    events: AsyncIterator[bytes]
+    events: AsyncIterator[list[bytes]]  # batches of SSE events, each sent in one write
     close: Callable[[], Awaitable[None]]
 
 
@@ -166,29 +166,35 @@ async def _noop() -> None:
     return None
 
 
-async def _iterate(events: list[bytes], rec: RequestRecord) -> AsyncIterator[bytes]:
+async def _iterate(events: list[bytes], rec: RequestRecord) -> AsyncIterator[list[bytes]]:
     rec.ttft = time.monotonic() - rec.started
-    for ev in events:
-        yield ev
+    yield events
 
 
-async def _pass_through(answer: StreamAnswer, watcher: StreamWatcher, rec: RequestRecord) -> AsyncIterator[bytes]:
-    """Forward events as they arrive; end a cut stream with an error event."""
+async def _pass_through(answer: StreamAnswer, watcher: StreamWatcher,
+                        rec: RequestRecord) -> AsyncIterator[list[bytes]]:
+    """Forward events as they arrive, a read's worth at a time; end a cut stream with an
+    error event."""
     process = watcher.process
     try:
-        async for ev in answer.events:
-            out = process(ev)
-            if out is None:
-                continue
-            if rec.ttft is None:
-                rec.ttft = time.monotonic() - rec.started
-            yield out
+        async for batch in answer.events:
+            out = []
+            for ev in batch:
+                processed = process(ev)
+                if processed is not None:
+                    out.append(processed)
+                    if watcher.done:
+                        break
+            if out:
+                if rec.ttft is None:
+                    rec.ttft = time.monotonic() - rec.started
+                yield out
             if watcher.done:
                 break
     except UpstreamError as exc:
         metrics.child(metrics.UPSTREAM_ERRORS, rec.provider, exc.reason).inc()
         rec.status, rec.error = exc.status, exc.reason
-        yield error_event(exc)
+        yield [error_event(exc)]
         return
     finally:
         record_usage(rec, watcher.usage)
@@ -198,9 +204,9 @@ async def _pass_through(answer: StreamAnswer, watcher: StreamWatcher, rec: Reque
                                 "truncated")
             metrics.child(metrics.UPSTREAM_ERRORS, rec.provider, "truncated").inc()
             rec.status, rec.error = 502, "truncated"
-            yield error_event(cut)
+            yield [error_event(cut)]
             return
-        yield DONE
+        yield [DONE]
 
 
 async def _assemble(answer: StreamAnswer, exposed: str, target: Target, rec: RequestRecord) -> dict[str, Any]:
@@ -216,10 +222,16 @@ async def _assemble(answer: StreamAnswer, exposed: str, target: Target, rec: Req
     return completion
 
 
+async def _flat(batches: AsyncIterator[list[bytes]]) -> AsyncIterator[bytes]:
+    async for batch in batches:
+        for ev in batch:
+            yield ev
+
+
 async def _collect(answer: StreamAnswer, exposed: str, target: Target) -> dict[str, Any]:
     assembler = ChatAssembler()
     done = finished = False
-    async for ev in answer.events:
+    async for ev in _flat(answer.events):
         payload = data_of(ev)
         if payload is None:
             continue

@@ -28,8 +28,10 @@ def error_event(err: GatewayError) -> bytes:
     return b"data: " + err.json()
 
 
-async def split_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Split a byte stream into SSE events; an incomplete last event is dropped."""
+async def split_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """Split a byte stream into SSE events, yielded as the batch of complete events each read
+    brought (so the client side can send them in one write); an incomplete last event is
+    dropped."""
     buf = b""
     async for chunk in chunks:
         if b"\r" in chunk or buf[-1:] == b"\r":  # CRLF, possibly split between two chunks
@@ -39,9 +41,9 @@ async def split_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         if b"\n\n" not in buf:
             continue
         *complete, buf = buf.split(b"\n\n")
-        for ev in complete:
-            if ev:
-                yield ev
+        batch = [ev for ev in complete if ev]
+        if batch:
+            yield batch
 
 
 def data_of(ev: bytes) -> bytes | None:

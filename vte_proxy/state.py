@@ -18,22 +18,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import httpx
-
 from vte_proxy import metrics
 from vte_proxy.auth import KeyRing
-from vte_proxy.config import GatewayConfig, ProviderConfig, StreamMode
+from vte_proxy.config import GatewayConfig, StreamMode
 from vte_proxy.loader import ConfigError, LoadedConfig, config_hash, load_config, read_config
 from vte_proxy.providers import build_provider
 from vte_proxy.providers.base import Provider
 from vte_proxy.routing import RoutingError, RoutingTable, build_routing
+from vte_proxy.upstream import ConnectorFactory
 
 log = logging.getLogger("vte_proxy.state")
 
 # Settings the server reads once, at start; a reload swaps everything else.
 START_ONLY = ("shutdown_grace", "header_timeout")
 
-TransportFactory = Callable[[ProviderConfig], httpx.AsyncBaseTransport | None]
 
 
 @dataclass(eq=False)
@@ -95,10 +93,10 @@ class ReloadFailure:
 
 
 def build_state(loaded: LoadedConfig, discovered: Mapping[str, tuple[str, ...]],
-                transport: TransportFactory | None = None) -> GatewayState:
+                connector: ConnectorFactory | None = None) -> GatewayState:
     config = loaded.config
     routing = build_routing(config, discovered)
-    providers = {p.name: build_provider(p, transport(p) if transport else None) for p in config.providers}
+    providers = {p.name: build_provider(p, connector) for p in config.providers}
     modes = {p.name: p.stream_mode or config.stream_mode for p in config.providers}
     return GatewayState(loaded, routing, KeyRing(config.keys), ProviderSet(providers, loaded.sha256[:12]), modes,
                         dict(discovered))
@@ -107,10 +105,10 @@ def build_state(loaded: LoadedConfig, discovered: Mapping[str, tuple[str, ...]],
 class Gateway:
     """Holds the current :class:`GatewayState` and replaces it on reload."""
 
-    def __init__(self, config_path: str, transport: TransportFactory | None = None) -> None:
+    def __init__(self, config_path: str, connector: ConnectorFactory | None = None) -> None:
         self.config_path = config_path
         self.config_dir = Path(os.path.abspath(config_path)).parent
-        self.transport = transport
+        self.connector = connector
         self._state: GatewayState | None = None
         self.last_failure: ReloadFailure | None = None
         self.draining = False
@@ -141,7 +139,7 @@ class Gateway:
     def load_initial(self) -> GatewayState:
         """Load the config at start; raise ConfigError when it is unusable."""
         loaded = load_config(self.config_path)
-        self._swap(build_state(loaded, {}, self.transport))
+        self._swap(build_state(loaded, {}, self.connector))
         self._count("success")
         return self.state
 
@@ -177,7 +175,7 @@ class Gateway:
                 # Read the state again: discovery may have swapped one in while we parsed.
                 current = self._state
                 discovered = self._carry_discovered(current, loaded.config) if current else {}
-                new = build_state(loaded, discovered, self.transport)
+                new = build_state(loaded, discovered, self.connector)
             except Exception as exc:  # a reload must never take the watcher down
                 log.exception("building the state for %s failed", self.config_path)
                 # Only the type: an exception's text may hold a value from the file.

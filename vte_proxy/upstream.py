@@ -1,34 +1,47 @@
 """The upstream boundary: every call to a provider goes through :class:`Upstream`.
 
-It owns one pooled ``httpx.AsyncClient`` per provider (aiohttp transport: httpcore's pool
-is the bottleneck under concurrency, see NOTES.md), applies the provider's timeouts and maps
-every transport failure to :class:`~vte_proxy.errors.UpstreamError`, whose message never
-holds a URL, a header or a key. Tests hand in an ``httpx`` transport instead of patching.
+It owns one pooled ``aiohttp.ClientSession`` per provider, applies the provider's timeouts
+and maps every transport failure to :class:`~vte_proxy.errors.UpstreamError`, whose message
+never holds a URL, a header or a key.
+
+Why aiohttp and not httpx here: the profile and A/B figures in docs/performance.md show that
+the httpx layer (``AsyncClient.send`` with its auth/cookie/redirect machinery, request and
+response object conversion in the ``httpx-aiohttp`` transport) cost more per request than the
+whole rest of the gateway and kept it from its throughput targets; the raw session, behind
+this one module, does not. Tests inject a connector (:data:`ConnectorFactory`) instead of
+patching anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import aiohttp
+from yarl import URL
 
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
 
-TransportFactory = Callable[[ProviderConfig], httpx.AsyncBaseTransport]
+ConnectorFactory = Callable[[ProviderConfig], aiohttp.BaseConnector]
 
 # Upstream error bodies are read up to this size; beyond it they are cut (they are only shown).
 MAX_ERROR_BODY = 64 * 1024
 MAX_JSON_BODY = 256 * 1024 * 1024
 
 
-def default_transport(provider: ProviderConfig) -> httpx.AsyncBaseTransport:
-    limits = httpx.Limits(max_connections=provider.max_connections,
-                          max_keepalive_connections=provider.max_connections, keepalive_expiry=30)
-    return AiohttpTransport(limits=limits)
+def default_connector(provider: ProviderConfig) -> aiohttp.BaseConnector:
+    return aiohttp.TCPConnector(limit=provider.max_connections, limit_per_host=0, keepalive_timeout=30,
+                                ttl_dns_cache=300)
+
+
+def provider_secrets(provider: ProviderConfig) -> list[str]:
+    """Everything in a provider's config that may be a credential: its key and header values."""
+    secrets = [v for v in provider.headers.values() if len(v) >= 8]
+    if provider.api_key:
+        secrets.append(provider.api_key.get_secret_value())
+    return secrets
 
 
 class Redactor:
@@ -44,36 +57,30 @@ class Redactor:
         return data
 
 
-def provider_secrets(provider: ProviderConfig) -> list[str]:
-    """Everything in a provider's config that may be a credential: its key and header values."""
-    secrets = [v for v in provider.headers.values() if len(v) >= 8]
-    if provider.api_key:
-        secrets.append(provider.api_key.get_secret_value())
-    return secrets
-
-
 class UpstreamResponse:
     """A response whose headers have arrived; the body is read through this object."""
 
-    def __init__(self, upstream: Upstream, response: httpx.Response, deadline: float | None) -> None:
+    __slots__ = ("_deadline", "_response", "_upstream", "headers", "status")
+
+    def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse, deadline: float | None) -> None:
         self._upstream = upstream
         self._response = response
         self._deadline = deadline
-        self.status = response.status_code
-        self.headers = response.headers
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """Body chunks as they arrive; silence beyond ``idle`` or a cut raise UpstreamError."""
         name = self._upstream.name
         try:
-            async for chunk in self._response.aiter_bytes():
+            async for chunk in self._response.content.iter_any():
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     raise UpstreamError(504, f"provider {name!r} exceeded its total time limit", "timeout")
                 yield chunk
-        except httpx.TimeoutException:
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamError(504, f"provider {name!r} went silent for longer than its idle timeout",
                                 "idle") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamError(502, f"provider {name!r} broke the connection mid-answer "
                                 f"({exc.__class__.__name__})", "truncated") from None
 
@@ -88,19 +95,24 @@ class UpstreamResponse:
                 raise UpstreamError(502, f"provider {self._upstream.name!r} answered with a body over "
                                     f"{limit} bytes", "protocol")
             parts.append(chunk)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        # Back to the pool when fully read; closed (never reused) when abandoned mid-body.
+        self._response.release()
+
+    async def error_body(self) -> bytes:
+        """The (non-2xx) body, cut at MAX_ERROR_BODY, with the provider's secrets removed."""
+        try:
+            return self._upstream.redactor.bytes(await self.read(MAX_ERROR_BODY))
+        except UpstreamError:
+            return b""
+        finally:
+            await self.aclose()
 
     async def error(self) -> UpstreamError:
         """This (non-2xx) response as an error that passes the upstream's status and body on."""
-        try:
-            body = self._upstream.redactor.bytes(await self.read(MAX_ERROR_BODY))
-        except UpstreamError:
-            body = b""
-        finally:
-            await self.aclose()
+        body = await self.error_body()
         return status_error(self._upstream.name, self.status, body, self.headers.get("retry-after"))
 
 
@@ -115,44 +127,59 @@ def status_error(provider: str, status: int, body: bytes, retry_after: str | Non
 class Upstream:
     """One provider's connection pool and the only place that talks to it."""
 
-    def __init__(self, provider: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, provider: ProviderConfig, connector: ConnectorFactory | None = None) -> None:
         self.name = provider.name
         t = provider.timeouts
         self._first_byte = t.first_byte or None
         self._total = t.total
+        # sock_read bounds every read: the wait for headers and each silence inside a body.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect or None, sock_read=t.idle or None)
         self.redactor = Redactor(provider_secrets(provider))
-        self._client = httpx.AsyncClient(
-            transport=transport or default_transport(provider),
-            timeout=httpx.Timeout(connect=t.connect or None, read=t.idle or None, write=t.idle or None,
-                                  pool=t.connect or None),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._provider = provider
+        self._connector = connector or default_connector
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
 
-    async def send(self, method: str, url: str, headers: dict[str, str], content: bytes | None = None,
+    def _client(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running loop (aiohttp binds sessions to a loop).
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=self._connector(self._provider), timeout=self._timeout,
+                                                  trust_env=False, auto_decompress=True)
+        return self._session
+
+    def _url(self, url: str) -> URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 10_000:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url, encoded=True)
+        return parsed
+
+    async def send(self, method: str, url: str, headers: Mapping[str, str], content: bytes | None = None,
                    *, raise_for_status: bool = True) -> UpstreamResponse:
         """Send a request and wait for the response headers (``first_byte`` timeout)."""
-        request = self._client.build_request(method, url, headers=headers, content=content)
         deadline = time.monotonic() + self._total if self._total else None
         try:
             async with asyncio.timeout(self._first_byte):
-                response = await self._client.send(request, stream=True)
+                response = await self._client().request(method, self._url(url), headers=headers, data=content,
+                                                        allow_redirects=False)
         except TimeoutError:
             raise UpstreamError(504, f"provider {self.name!r} did not answer within "
                                 f"{self._first_byte:g}s", "timeout", retryable=True) from None
-        except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-                raise UpstreamError(502, f"could not connect to provider {self.name!r} (timeout)", "connect",
-                                    retryable=True) from None
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamError(502, f"could not connect to provider {self.name!r} (timeout)", "connect",
+                                retryable=True) from None
+        except aiohttp.ServerTimeoutError:
             raise UpstreamError(504, f"provider {self.name!r} did not answer in time", "timeout",
                                 retryable=True) from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(502, f"could not connect to provider {self.name!r} ({exc.__class__.__name__})",
                                 "connect", retryable=True) from None
         result = UpstreamResponse(self, response, deadline)
-        if raise_for_status and response.status_code >= 400:
+        if raise_for_status and response.status >= 400:
             raise await result.error()
         return result
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()

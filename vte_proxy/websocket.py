@@ -64,8 +64,9 @@ class ChatWebSocket:
             assert isinstance(reply, StreamReply)  # force_stream_reply: always a stream
             rec.status = 200
             try:
-                async for ev in reply.events:
-                    await ws.send_text(ev.decode())
+                async for batch in reply.events:
+                    for ev in batch:
+                        await ws.send_text(ev.decode())
             finally:
                 await reply.events.aclose()  # type: ignore[attr-defined]
                 await reply.close()

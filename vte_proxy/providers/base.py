@@ -44,13 +44,14 @@ class JsonAnswer:
 
 @dataclass(slots=True)
 class StreamAnswer:
-    """SSE events (each without its trailing blank line) in OpenAI's format.
+    """SSE events (each without its trailing blank line) in OpenAI's format, in batches: each
+    item of ``events`` is the list of complete events one upstream read brought.
 
     ``rewrite_model`` is false when the provider already wrote the exposed name into every
     chunk (translated streams), so the pass-through rewrite can be skipped.
     """
 
-    events: AsyncIterator[bytes]
+    events: AsyncIterator[list[bytes]]
     close: Callable[[], Awaitable[None]]
     rewrite_model: bool = True
     headers: dict[str, str] = field(default_factory=dict)

@@ -99,7 +99,7 @@ class EchoProvider(Provider):
                             rewrite_model=False)
 
     async def _stream(self, endpoint: str, rid: str, created: int, model: str, text: str,
-                      usage: dict[str, int]) -> AsyncIterator[bytes]:
+                      usage: dict[str, int]) -> AsyncIterator[list[bytes]]:
         chat = endpoint == "chat/completions"
         head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
                 "model": model}
@@ -111,14 +111,11 @@ class EchoProvider(Provider):
                 return event({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
             return event({**head, "choices": [{"index": 0, "text": piece or "", "finish_reason": finish}]})
 
-        if chat:
-            yield chunk(None, role=True)
+        out = [chunk(None, role=True)] if chat else []
         words = text.split(" ")
-        for i, word in enumerate(words):
-            yield chunk(word if i == len(words) - 1 else word + " ")
-        yield chunk(None, "stop")
-        yield event({**head, "choices": [], "usage": usage})
-        yield DONE
+        out += [chunk(word if i == len(words) - 1 else word + " ") for i, word in enumerate(words)]
+        out += [chunk(None, "stop"), event({**head, "choices": [], "usage": usage}), DONE]
+        yield out  # no upstream, nothing to wait for: one batch
 
     def _embeddings(self, call: Call, model: str) -> dict[str, Any]:
         inp = call.body.get("input")
@@ -140,17 +137,17 @@ class EchoProvider(Provider):
         if not call.stream:
             return JsonAnswer(done)
 
-        async def events() -> AsyncIterator[bytes]:
+        async def events() -> AsyncIterator[list[bytes]]:
             started = {**done, "status": "in_progress", "output": [], "usage": None}
             seq = itertools.count()
-            yield b"event: response.created\n" + event({"type": "response.created", "sequence_number": next(seq),
-                                                        "response": started})
-            for word in text.split(" "):
-                yield b"event: response.output_text.delta\n" + event(
-                    {"type": "response.output_text.delta", "sequence_number": next(seq), "item_id": msg_id,
-                     "output_index": 0, "content_index": 0, "delta": word + " "})
-            yield b"event: response.completed\n" + event({"type": "response.completed",
-                                                          "sequence_number": next(seq), "response": done})
+            out = [b"event: response.created\n" + event({"type": "response.created", "sequence_number": next(seq),
+                                                         "response": started})]
+            out += [b"event: response.output_text.delta\n" + event(
+                {"type": "response.output_text.delta", "sequence_number": next(seq), "item_id": msg_id,
+                 "output_index": 0, "content_index": 0, "delta": word + " "}) for word in text.split(" ")]
+            out.append(b"event: response.completed\n" + event({"type": "response.completed",
+                                                               "sequence_number": next(seq), "response": done}))
+            yield out
 
         return StreamAnswer(events(), _noop, rewrite_model=False)
 

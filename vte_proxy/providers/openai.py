@@ -9,23 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
 from vte_proxy.providers.base import ENDPOINTS, Answer, Call, JsonAnswer, Provider, StreamAnswer
 from vte_proxy.sse import split_events
-from vte_proxy.upstream import Upstream
+from vte_proxy.upstream import ConnectorFactory, Upstream
 
 _STREAMING = ("chat/completions", "completions", "responses")
 
 
 class OpenAIProvider(Provider):
-    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: ProviderConfig, connector: ConnectorFactory | None = None) -> None:
         super().__init__(config)
         assert config.base_url is not None
-        self.upstream = Upstream(config, transport)
+        self.upstream = Upstream(config, connector)
         self._base = config.base_url
         self._urls = {ep: f"{self._base}/{ep}" for ep in ENDPOINTS}
         # Built once per config: the hot path only copies this dict.

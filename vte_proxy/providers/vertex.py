@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import orjson
 
 from vte_proxy.config import ProviderConfig
@@ -27,7 +26,7 @@ from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamA
 from vte_proxy.providers.openai import parse_json_answer
 from vte_proxy.providers.vertex_mapping import GeminiStreamTranslator, chat_to_gemini, gemini_error, gemini_to_chat
 from vte_proxy.sse import DONE, data_of, event, split_events
-from vte_proxy.upstream import MAX_ERROR_BODY, Upstream, UpstreamResponse
+from vte_proxy.upstream import ConnectorFactory, Upstream, UpstreamResponse
 
 DEFAULT_BASE_URL = "https://aiplatform.googleapis.com"
 
@@ -39,10 +38,10 @@ def _response_id() -> str:
 class VertexExpressProvider(Provider):
     endpoints = ("chat/completions",)
 
-    def __init__(self, config: ProviderConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: ProviderConfig, connector: ConnectorFactory | None = None) -> None:
         super().__init__(config)
         assert config.api_key is not None  # enforced by the config schema
-        self.upstream = Upstream(config, transport)  # its redactor covers api_key and header values
+        self.upstream = Upstream(config, connector)  # its redactor covers api_key and header values
         base = config.base_url or DEFAULT_BASE_URL
         self._base = base.removesuffix("/v1") + "/v1/publishers/google/models/"
         self._urls: dict[str, tuple[str, str]] = {}
@@ -81,13 +80,7 @@ class VertexExpressProvider(Provider):
 
     async def _error(self, response: UpstreamResponse) -> UpstreamError:
         """A non-2xx answer as an UpstreamError with an OpenAI-shaped (redacted) body."""
-        try:
-            raw = self.upstream.redactor.bytes(await response.read(MAX_ERROR_BODY))
-        except UpstreamError:
-            raw = b""
-        finally:
-            await response.aclose()
-        status, body = gemini_error(response.status, raw)
+        status, body = gemini_error(response.status, await response.error_body())
         retry_after = response.headers.get("retry-after")
         error: dict[str, Any] = body["error"]
         return UpstreamError(status, str(error["message"]), "status",
@@ -95,41 +88,45 @@ class VertexExpressProvider(Provider):
                              code=error.get("code"), body=orjson.dumps(body),
                              headers={"retry-after": retry_after} if retry_after else None)
 
-    async def _events(self, response: UpstreamResponse, translator: GeminiStreamTranslator) -> AsyncIterator[bytes]:
+    async def _events(self, response: UpstreamResponse,
+                      translator: GeminiStreamTranslator) -> AsyncIterator[list[bytes]]:
         """Gemini SSE events -> OpenAI chunk events, the usage chunk, then ``[DONE]``.
 
         A stream that ends before every choice got a finishReason raises a ``truncated`` error
         (the proxy turns it into an SSE error event, or a 502 when it assembles a completion).
         """
-        redact = self.upstream.redactor.bytes
         try:
-            async for ev in split_events(response.iter_bytes()):
-                payload = data_of(ev)
-                if payload is None:  # comments, bare event: lines
-                    continue
-                if b'"error"' in payload:
-                    payload = redact(payload)
-                try:
-                    obj = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError(502, f"provider {self.name!r} sent an invalid stream event",
-                                        "protocol") from None
-                for chunk in translator.feed(obj):
-                    yield event(chunk)
+            async for batch in split_events(response.iter_bytes()):
+                out = [event(chunk) for ev in batch for chunk in self._translate(ev, translator)]
+                if out:
+                    yield out
         except UpstreamError as exc:
             # A connection lost after every finishReason (while waiting for a trailing usage
             # event) loses nothing the client needs.
             if not translator.finished or exc.reason not in ("truncated", "idle", "timeout"):
                 raise
-        for chunk in translator.finish():
-            yield event(chunk)
+        tail = [event(chunk) for chunk in translator.finish()]
         if not translator.finished:
+            if tail:
+                yield tail
             raise UpstreamError(502, f"provider {self.name!r} ended the stream before it was complete",
                                 "truncated")
         usage = translator.usage_chunk()
         if usage is not None:  # always sent: the proxy drops it unless the client asked for it
-            yield event(usage)
-        yield DONE
+            tail.append(event(usage))
+        yield [*tail, DONE]
+
+    def _translate(self, ev: bytes, translator: GeminiStreamTranslator) -> list[dict[str, Any]]:
+        payload = data_of(ev)
+        if payload is None:  # comments, bare event: lines
+            return []
+        if b'"error"' in payload:
+            payload = self.upstream.redactor.bytes(payload)
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(502, f"provider {self.name!r} sent an invalid stream event", "protocol") from None
+        return translator.feed(obj)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
