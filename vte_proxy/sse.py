@@ -15,8 +15,6 @@ import orjson
 from vte_proxy.errors import GatewayError
 
 DONE = b"data: [DONE]"
-_USAGE = (b'"usage":{', b'"usage": {')
-_FINISH = (b'"finish_reason":"', b'"finish_reason": "', b"response.completed", b"response.incomplete")
 
 
 def event(obj: Any) -> bytes:
@@ -108,9 +106,11 @@ class StreamWatcher:
         if ev == DONE:
             self.done = True
             return ev
-        if not self.finished and any(m in ev for m in _FINISH):
+        # Plain `in` tests, not any(<generator>): this runs for every event of every stream.
+        if not self.finished and (b'"finish_reason":"' in ev or b'"finish_reason": "' in ev
+                                  or b"response.completed" in ev or b"response.incomplete" in ev):
             self.finished = True
-        decode = any(m in ev for m in _USAGE)
+        decode = b'"usage":{' in ev or b'"usage": {' in ev
         if self._rewrite:
             hit = False
             for old, new in self._needles:
