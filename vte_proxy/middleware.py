@@ -1,4 +1,4 @@
-"""Plain ASGI middleware (never BaseHTTPMiddleware: it costs a task and a memory stream per
+"""Plain ASGI middleware (never Starlette's base HTTP middleware class: it costs a task and a memory stream per
 request and per SSE chunk): a last-resort error guard, the concurrency cap and CORS.
 
 Each reads the *current* config on every request, so a reload changes them too.
