@@ -20,6 +20,12 @@ class Stack:
     def client(self, key: str = CLIENT_KEY, **kw: object) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.gateway.url + "/v1", api_key=key, max_retries=0, **kw)  # type: ignore[arg-type]
 
+    def fresh(self) -> Stack:
+        """This stack with an empty script and no recorded requests (for a new test)."""
+        self.upstream.script.clear()
+        self.upstream.requests.clear()
+        return self
+
     def async_client(self, key: str = CLIENT_KEY) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.gateway.url + "/v1", api_key=key, max_retries=0)
 
@@ -41,9 +47,7 @@ def stack(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture
 def s(stack: Stack) -> Stack:
-    stack.upstream.script.clear()
-    stack.upstream.requests.clear()
-    return stack
+    return stack.fresh()
 
 
 @pytest.fixture

@@ -74,9 +74,7 @@ def rel(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture
 def r(rel: Stack) -> Stack:
-    rel.upstream.script.clear()
-    rel.upstream.requests.clear()
-    return rel
+    return rel.fresh()
 
 
 def test_unreachable_upstream_is_502_with_an_openai_error(r: Stack) -> None:

@@ -46,9 +46,7 @@ def policy(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture
 def p(policy: Stack) -> Stack:
-    policy.upstream.script.clear()
-    policy.upstream.requests.clear()
-    return policy
+    return policy.fresh()
 
 
 def tool_call_stream(model: str) -> Stream:
