@@ -6,7 +6,7 @@ CONFIG ?= gateway.yaml.example
 PORT   ?= 8050
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint schema helm-lint docker bench clean
+.PHONY: help venv run test debs lint schema helm-lint docker bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,12 +22,13 @@ venv: $(BIN)/vte-proxy ## create .venv and install the project with its dev tool
 run: venv ## serve gateway.yaml.example on :8050 (demo key sk-demo, model demo/echo)
 	$(BIN)/vte-proxy serve --config $(CONFIG) --port $(PORT)
 
-test: venv ## run the test suite (installs Chromium for the status-page test if missing)
-	@command -v chromium >/dev/null 2>&1 || $(MAKE) --no-print-directory chromium
+test: venv ## run the test suite (installs the Debian packages below if missing)
+	@command -v chromium >/dev/null 2>&1 && ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 \
+	  || $(MAKE) --no-print-directory debs
 	$(BIN)/python -m pytest -q
 
-chromium: ## install Debian's chromium (the browser the status-page test drives)
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+debs: ## install Debian's chromium (the status-page browser test) and libjemalloc2 (the image's allocator)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libjemalloc2 >/dev/null
 
 lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check vte_proxy tests bench

@@ -176,12 +176,13 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def ensure_tools(install: bool) -> bool:
-    """wrk must be there; nginx may be. Returns whether nginx is available."""
-    missing = [t for t in ("wrk", "nginx") if not shutil.which(t)]
+    """wrk must be there; nginx and libjemalloc2 may be. Returns whether nginx is available."""
+    missing = [t for t in ("wrk", "nginx") if not shutil.which(t)] + ([] if jemalloc_path() else ["libjemalloc2"])
     if missing and install and os.geteuid() == 0 and shutil.which("apt-get"):
-        say(f"bench: {' and '.join(missing)} missing; installing Debian's packages: apt-get install -y nginx-light wrk")
-        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk",
-                       shell=True, check=False, stdout=subprocess.DEVNULL)
+        say(f"bench: {' and '.join(missing)} missing; installing Debian's packages: "
+            "apt-get install -y nginx-light wrk libjemalloc2")
+        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk "
+                       "libjemalloc2", shell=True, check=False, stdout=subprocess.DEVNULL)
     if not shutil.which("wrk"):
         raise SystemExit("bench: wrk is required and was not found. Install it (Debian/Ubuntu: "
                          "`apt-get install wrk`, macOS: `brew install wrk`) and run again.")
@@ -275,6 +276,27 @@ def gateway_config(ports: dict[str, int], max_connections: int, max_concurrency:
 
 
 GATEWAY_CMD: list[str] = []  # --gateway-cmd: another way to start the gateway (experiments)
+ALLOCATOR_ENV: dict[str, str] = {}  # --allocator image: the container image's jemalloc settings
+
+
+def jemalloc_path() -> str | None:
+    found = sorted(Path("/usr/lib").glob("*/libjemalloc.so.2"))
+    return str(found[0]) if found else None
+
+
+def image_allocator_env() -> dict[str, str]:
+    """The allocator environment of the Dockerfile's runtime stage, with LD_PRELOAD pointed at
+    this machine's libjemalloc (the image links it to /usr/local/lib)."""
+    env: dict[str, str] = {}
+    for line in (HERE.parent / "Dockerfile").read_text().splitlines():
+        for name in ("PYTHONMALLOC", "MALLOC_CONF"):
+            m = re.search(rf"\b{name}=(\S+)", line)
+            if m:
+                env[name] = m.group(1)
+    lib = jemalloc_path()
+    if lib is None or set(env) != {"PYTHONMALLOC", "MALLOC_CONF"}:
+        return {}
+    return {**env, "LD_PRELOAD": lib}
 
 
 def gateway_command() -> list[str]:
@@ -290,7 +312,7 @@ def start_gateway(procs: Processes, work: Path, port: int, config: str, cpu: int
     cfg.write_text(config)
     log = work / f"{name}.log"
     p = procs.start([*gateway_command(), "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
-                    log, cpu, {"VTE_LOG_LEVEL": log_level, "VTE_LOG_FORMAT": "text"})
+                    log, cpu, {"VTE_LOG_LEVEL": log_level, "VTE_LOG_FORMAT": "text", **ALLOCATOR_ENV})
     wait_port(port, p, log, 120)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -602,7 +624,8 @@ def report(res: dict[str, Any]) -> str:
         lines.append(f"EXPERIMENT: gateway started as {meta['gateway_cmd']!r}")
     lines.append(f"vte-proxy {meta['version']} benchmark: wrk -t1, {meta['seconds']:g} s per run{best}; "
                  f"gateway pinned to CPU {meta['gateway_cpu']}, wrk + upstream on CPU {meta['load_cpu']}; "
-                 f"upstream: {meta['upstream']}; log level {meta['log_level']}; keys + metrics + request log on")
+                 f"upstream: {meta['upstream']}; log level {meta['log_level']}; keys + metrics + request log on; "
+                 f"allocator: {meta.get('allocator', 'pymalloc')}")
     if "gateway" in res:
         lines.append(f"  {'':<26s}{'conns':>5s}{'req/s':>11s}{'p50 ms':>9s}{'p99 ms':>9s}{'added p50':>10s}"
                      f"{'CPU s/1k':>10s}{'CPU':>7s}{'errors':>7s}")
@@ -692,7 +715,9 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=1000, help="concurrent streams in the memory run (default 1000)")
     ap.add_argument("--interval", type=float, default=0.1, help="seconds between events in the memory run")
     ap.add_argument("--duration", type=float, default=30, help="length of each stream in the memory run (s)")
-    ap.add_argument("--settle", type=float, default=10, help="seconds to wait before the after-streams RSS")
+    ap.add_argument("--settle", type=float, default=45,
+                    help="seconds to wait before the after-streams RSS (default 45: past the 30 s keep-alive "
+                    "of the upstream connections)")
     ap.add_argument("--bursts", type=int, default=1, help="bursts of streams in the memory run (same process)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
@@ -713,6 +738,9 @@ def main() -> int:
     ap.add_argument("--gateway-only", action="store_true",
                     help="skip the upstream-alone and nginx rows (quick A/B runs; no added-latency figure)")
     ap.add_argument("--memory-only", action="store_true", help="only the concurrent-streams memory run")
+    ap.add_argument("--allocator", choices=["image", "python"], default="image",
+                    help="image: jemalloc with PYTHONMALLOC=malloc, as the container image runs (default, "
+                    "when libjemalloc2 is installed); python: CPython's own pymalloc")
     ap.add_argument("--from-json", metavar="PATH", help="only print the table of an earlier --json result")
     args = ap.parse_args()
     if args.from_json:
@@ -729,6 +757,10 @@ def main() -> int:
     if busy:
         raise SystemExit(f"bench: ports {busy} are in use on 127.0.0.1; pick others with --port-base")
     have_nginx = ensure_tools(not args.no_install) and not args.python_upstream
+    if args.allocator == "image":
+        ALLOCATOR_ENV.update(image_allocator_env())
+        if not ALLOCATOR_ENV:
+            say("bench: libjemalloc2 not found; the gateway runs on CPython's own allocator (--allocator python)")
     gw_cpu, load_cpu = pick_cpus(args)
     raise_fd_limit(args.streams)
     work = Path(args.workdir)
@@ -739,7 +771,8 @@ def main() -> int:
     res: dict[str, Any] = {"meta": {"version": __version__, "seconds": args.seconds, "gateway_cpu": gw_cpu,
                                     "load_cpu": load_cpu, "log_level": args.log_level, "cpus": os.cpu_count(),
                                     "python": sys.version.split()[0], "repeat": args.repeat,
-                                    "gateway_cmd": args.gateway_cmd}}
+                                    "gateway_cmd": args.gateway_cmd,
+                                    "allocator": "jemalloc (as in the image)" if ALLOCATOR_ENV else "pymalloc"}}
     procs = Processes()
     try:
         if have_nginx:

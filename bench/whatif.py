@@ -6,6 +6,9 @@ for the next experiment. Patches (comma-separated first argument, the rest is th
 
   trim     a thread runs gc.collect() and glibc malloc_trim(0) every 5 s (memory experiment)
   census   a thread logs the live objects by type every 10 s (memory experiment)
+  memmap   a thread logs resident memory by mapping (heap, anonymous, files) and pymalloc's
+           arena figures every 10 s: which allocator holds what
+  tracemalloc  the memory added since idle by file and line, every 10 s (slow: use ~300 streams)
 
     .venv/bin/python bench/whatif.py census serve --config gateway.yaml --port 8050
     .venv/bin/python bench/run.py --memory-only --gateway-cmd ".venv/bin/python bench/whatif.py trim"
@@ -51,16 +54,92 @@ def patch_census() -> None:
     import threading
 
     def loop() -> None:
+        time.sleep(3)
         while True:
-            time.sleep(10)
             counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
             top = ", ".join(f"{k} {v}" for k, v in counts.most_common(12))
             say(f"census: {sum(counts.values())} objects; {top}")
+            time.sleep(10)
 
     threading.Thread(target=loop, name="whatif-census", daemon=True).start()
 
 
-PATCHES = {"trim": patch_trim, "census": patch_census}
+def patch_memmap() -> None:
+    """Every 10 s, from a thread: resident memory by kind of mapping (glibc heap, anonymous
+    mappings, shared libraries) and pymalloc's arena figures, to tell which allocator holds the
+    memory kept after a burst."""
+    import os
+    import tempfile
+    import threading
+
+    def rollup() -> str:
+        kinds: dict[str, int] = {}
+        name = ""
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split()
+                if "-" in head[0] and len(head) >= 5:
+                    path = head[5] if len(head) > 5 else ""
+                    name = ("heap" if path == "[heap]" else "anon" if not path
+                            else "stack" if path.startswith("[stack") else "files")
+                elif head[0] == "Rss:":
+                    kinds[name] = kinds.get(name, 0) + int(head[1])
+        return ", ".join(f"{k} {v / 1024:.1f} MB" for k, v in sorted(kinds.items()))
+
+    def pymalloc() -> str:
+        # _debugmallocstats writes to the C-level stderr: point fd 2 at a file meanwhile.
+        with tempfile.TemporaryFile() as f:
+            saved = os.dup(2)
+            os.dup2(f.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            f.seek(0)
+            text = f.read().decode(errors="replace")
+        keep = [ln for ln in text.splitlines() if ln.startswith(("# arenas", "Total", "# bytes in"))]
+        return "; ".join(" ".join(k.split()) for k in keep)
+
+    def loop() -> None:
+        time.sleep(3)  # one sample at idle, then every 10 s
+        while True:
+            say(f"memmap: {rollup()} | {pymalloc()}")
+            time.sleep(10)
+
+    threading.Thread(target=loop, name="whatif-memmap", daemon=True).start()
+
+
+def patch_tracemalloc() -> None:
+    """tracemalloc from the start; every 10 s the memory added since an idle snapshot (taken
+    3 s in), by file and by line of the allocation (the experiment's own allocations left out),
+    to find what each open stream holds."""
+    import threading
+    import tracemalloc
+
+    tracemalloc.start(1)
+    skip = [tracemalloc.Filter(False, f) for f in ("<frozen*", tracemalloc.__file__, __file__, "*/linecache.py")]
+
+    def top(snap: tracemalloc.Snapshot, base: tracemalloc.Snapshot, key: str, n: int) -> list[str]:
+        stats = snap.compare_to(base, key)
+        return [f"  {st.size_diff / 1e3:+9.1f} KB {st.count_diff:+7d}  "
+                f"{st.traceback[0].filename.rsplit('/', 2)[-2:]}:{st.traceback[0].lineno if key == 'lineno' else ''}"
+                for st in stats[:n]]
+
+    def loop() -> None:
+        time.sleep(3)
+        base = tracemalloc.take_snapshot().filter_traces(skip)
+        while True:
+            time.sleep(10)
+            snap = tracemalloc.take_snapshot().filter_traces(skip)
+            total = sum(s.size_diff for s in snap.compare_to(base, "filename"))
+            say("\n".join([f"tracemalloc: {total / 1e6:+.2f} MB since idle", *top(snap, base, "filename", 15),
+                           *top(snap, base, "lineno", 30)]))
+
+    threading.Thread(target=loop, name="whatif-tracemalloc", daemon=True).start()
+
+
+PATCHES = {"trim": patch_trim, "census": patch_census, "memmap": patch_memmap, "tracemalloc": patch_tracemalloc}
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,9 +15,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.support import CLIENT_KEY, running_gateway
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -241,3 +245,59 @@ def test_dockerignore_keeps_secrets_and_junk_out() -> None:
         assert required in patterns, required
     copied = {"requirements.lock", "pyproject.toml", "README.md", "vte_proxy"}
     assert not copied & patterns, "the build context must keep what the Dockerfile copies"
+
+
+def image_env(instructions: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for i in final_stage(instructions):
+        if i.keyword == "ENV":
+            for token in shlex.split(i.args):
+                name, _, value = token.partition("=")
+                env[name] = value
+    return env
+
+
+def test_runtime_preloads_the_jemalloc_it_installs(instructions: list[Instruction]) -> None:
+    env = image_env(instructions)
+    assert env["PYTHONMALLOC"] == "malloc"  # small objects through jemalloc too, not pymalloc's arenas
+    assert "background_thread:true" in env["MALLOC_CONF"]
+    runs = " ".join(i.args for i in final_stage(instructions) if i.keyword == "RUN")
+    assert "libjemalloc2" in runs
+    assert "/usr/local/lib/libjemalloc.so.2" in runs and env["LD_PRELOAD"] == "/usr/local/lib/libjemalloc.so.2"
+    # Installed before the user switch (apt needs root).
+    keywords = [(i.keyword, i.args) for i in final_stage(instructions)]
+    user_at = next(n for n, (k, _) in enumerate(keywords) if k == "USER")
+    assert any(k == "RUN" and "libjemalloc2" in a for k, a in keywords[:user_at])
+
+
+def test_gateway_serves_with_the_images_allocator(instructions: list[Instruction], tmp_path: Path) -> None:
+    """No Docker engine here: run the gateway on this host with the image's allocator
+    environment (LD_PRELOAD pointed at Debian's libjemalloc2, which `make test` installs) and
+    check that jemalloc is really mapped into it and that it answers plain and streamed calls."""
+    libs = sorted(Path("/usr/lib").glob("*/libjemalloc.so.2"))
+    assert libs, "libjemalloc2 is not installed (make debs)"
+    env = {**image_env(instructions), "LD_PRELOAD": str(libs[0])}
+    env = {k: env[k] for k in ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF")}
+    config = """version: 1
+keys:
+  - name: t
+    key: ${TEST_CLIENT_KEY}
+providers:
+  - name: demo
+    type: echo
+    prefix: demo
+    models: [echo]
+"""
+    with running_gateway(tmp_path, config, env=env) as gw:
+        assert gw.proc is not None
+        maps = Path(f"/proc/{gw.proc.pid}/maps").read_text()
+        assert "libjemalloc.so.2" in maps
+        body = {"model": "demo/echo", "messages": [{"role": "user", "content": "allocated elsewhere"}]}
+        headers = {"authorization": f"Bearer {CLIENT_KEY}"}
+        r = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=headers)
+        assert r.status_code == 200
+        assert r.json()["choices"][0]["message"]["content"] == "allocated elsewhere"
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", json={**body, "stream": True},
+                          headers=headers) as s:
+            assert s.read().rstrip().endswith(b"data: [DONE]")
+    assert "Traceback" not in gw.logs()

@@ -111,10 +111,18 @@ usage_sinks: list[Callable[[str, str, str, dict[str, Any]], None]] = []
 
 recent: deque[dict[str, Any]] = deque(maxlen=LOG_SIZE)
 subscribers: set[Callable[[dict[str, Any]], None]] = set()
+_finished = 0
+
+
+def finished_count() -> int:
+    """Requests finished since the process started (tells a busy gateway from a quiet one)."""
+    return _finished
 
 
 def finish(rec: RequestRecord) -> None:
     """Close the books on a request: metrics, the log line, the live log."""
+    global _finished
+    _finished += 1
     rec.duration = time.monotonic() - rec.started
     if rec.status == 0:  # an unexpected exception: the guard middleware answers 500
         rec.status, rec.error = 500, rec.error or "internal_error"

@@ -25,6 +25,7 @@ from vte_proxy import metrics
 from vte_proxy.discovery import Discovery
 from vte_proxy.errors import GatewayError
 from vte_proxy.http import HealthEndpoint, ModelsEndpoint, ProxyEndpoint, authenticate_status
+from vte_proxy.memory import QUIET_SECONDS, release_after_bursts
 from vte_proxy.middleware import CORSMiddleware, GuardMiddleware
 from vte_proxy.providers.base import ENDPOINTS
 from vte_proxy.reload import install_sighup, poll_config, watch_config
@@ -93,8 +94,10 @@ class FastPath:
         await self.app(scope, receive, send)
 
 
-def create_app(config_path: str, connector: ConnectorFactory | None = None) -> ASGIApp:
-    """The gateway for ``config_path``; the config is loaded (and must be valid) at startup."""
+def create_app(config_path: str, connector: ConnectorFactory | None = None,
+               quiet_seconds: float = QUIET_SECONDS) -> ASGIApp:
+    """The gateway for ``config_path``; the config is loaded (and must be valid) at startup.
+    ``quiet_seconds``: how long traffic must have stopped before memory is given back."""
     gateway = Gateway(config_path, connector)
     discovery = Discovery(gateway)
     status = StatusPage(gateway, discovery)
@@ -105,7 +108,8 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None) -> A
         await discovery.first_round(FIRST_DISCOVERY_TIMEOUT)
         stop = asyncio.Event()
         hup_tasks: set[asyncio.Task[bool]] = set()
-        tasks = [asyncio.create_task(watch_config(gateway, stop)), asyncio.create_task(poll_config(gateway, stop))]
+        tasks = [asyncio.create_task(watch_config(gateway, stop)), asyncio.create_task(poll_config(gateway, stop)),
+                 asyncio.create_task(release_after_bursts(gateway.in_flight, stop, quiet_seconds))]
         install_sighup(gateway, hup_tasks)
         _drain_on_sigterm(gateway)
         log.warning("vte-proxy serving %d models from %s", len(gateway.state.routing.entries), config_path)

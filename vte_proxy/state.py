@@ -127,6 +127,10 @@ class Gateway:
     def ready(self) -> bool:
         return self._state is not None and not self.draining
 
+    def in_flight(self) -> int:
+        """Requests in flight on the current config (not those still finishing on a retired one)."""
+        return self._state.providers.in_flight if self._state is not None else 0
+
     def _swap(self, new: GatewayState) -> None:
         old = self._state
         self._state = new  # the one assignment requests see

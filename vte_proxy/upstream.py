@@ -29,11 +29,13 @@ ConnectorFactory = Callable[[ProviderConfig], aiohttp.BaseConnector]
 # Upstream error bodies are read up to this size; beyond it they are cut (they are only shown).
 MAX_ERROR_BODY = 64 * 1024
 MAX_JSON_BODY = 256 * 1024 * 1024
+# Seconds an idle upstream connection stays in the pool.
+KEEPALIVE_TIMEOUT = 30.0
 
 
 def default_connector(provider: ProviderConfig) -> aiohttp.BaseConnector:
-    return aiohttp.TCPConnector(limit=provider.max_connections, limit_per_host=0, keepalive_timeout=30,
-                                ttl_dns_cache=300)
+    return aiohttp.TCPConnector(limit=provider.max_connections, limit_per_host=0,
+                                keepalive_timeout=KEEPALIVE_TIMEOUT, ttl_dns_cache=300)
 
 
 def provider_secrets(provider: ProviderConfig) -> list[str]:

@@ -1,0 +1,175 @@
+"""Memory given back after bursts: when it runs (quiet, nothing in flight, once per burst)
+and what it does (collects cycles), plus the running gateway doing it after real requests."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import CLIENT_KEY, serve_app_in_thread
+from vte_proxy.accounting import finish, new_record
+from vte_proxy.app import create_app
+from vte_proxy.memory import release_after_bursts, release_memory
+
+QUIET = 0.05
+
+
+def burst(n: int = 3) -> None:
+    for _ in range(n):
+        rec = new_record("chat/completions")
+        rec.status = 200
+        finish(rec)
+
+
+async def until(predicate: Callable[[], bool], within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(QUIET / 5)
+    return predicate()
+
+
+class Probe:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.in_flight = 0
+
+    def release(self) -> int:
+        self.calls += 1
+        return 0
+
+
+async def run_with(probe: Probe, body: Callable[[], Awaitable[None]], after_pool: float = 3600) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(release_after_bursts(lambda: probe.in_flight, stop, QUIET, probe.release, after_pool))
+    await asyncio.sleep(0)  # it has started (and counted the requests so far)
+    try:
+        await body()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 1)
+
+
+async def test_releases_once_when_traffic_stops() -> None:
+    probe = Probe()
+
+    async def body() -> None:
+        burst()
+        assert await until(lambda: probe.calls == 1)
+        await asyncio.sleep(QUIET * 6)
+        assert probe.calls == 1  # no new traffic, nothing more to give back
+        burst()
+        assert await until(lambda: probe.calls == 2)
+
+    await run_with(probe, body)
+
+
+async def test_releases_again_once_pooled_connections_have_expired() -> None:
+    probe = Probe()
+
+    async def body() -> None:
+        burst()
+        assert await until(lambda: probe.calls == 1)
+        assert await until(lambda: probe.calls == 2)  # after_pool later, still quiet
+        await asyncio.sleep(QUIET * 12)
+        assert probe.calls == 2  # and that is all until traffic comes back
+
+    await run_with(probe, body, after_pool=QUIET * 4)
+
+
+async def test_leaves_an_idle_gateway_alone() -> None:
+    probe = Probe()
+
+    async def body() -> None:
+        await asyncio.sleep(QUIET * 6)
+        assert probe.calls == 0
+
+    await run_with(probe, body)
+
+
+async def test_waits_for_requests_in_flight() -> None:
+    probe = Probe()
+    probe.in_flight = 2  # long streams: nothing finishes, but the gateway is not quiet
+
+    async def body() -> None:
+        burst()
+        await asyncio.sleep(QUIET * 6)
+        assert probe.calls == 0
+        probe.in_flight = 0
+        assert await until(lambda: probe.calls == 1)
+
+    await run_with(probe, body)
+
+
+async def test_never_runs_while_requests_keep_finishing() -> None:
+    probe = Probe()
+
+    async def body() -> None:
+        for _ in range(20):
+            burst(1)
+            await asyncio.sleep(QUIET / 4)
+        assert probe.calls == 0
+        assert await until(lambda: probe.calls == 1)
+
+    await run_with(probe, body)
+
+
+async def test_stops_when_told() -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(release_after_bursts(lambda: 0, stop, 3600))
+    await asyncio.sleep(0)
+    stop.set()
+    await asyncio.wait_for(task, 1)  # does not wait out its hour
+
+
+def test_release_memory_collects_unreachable_cycles() -> None:
+    class Node:
+        other: object
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    alive = weakref.ref(a)
+    gc.disable()  # only release_memory may collect the cycle
+    try:
+        del a, b
+        assert alive() is not None
+        assert release_memory() >= 2
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
+def test_gateway_gives_memory_back_after_real_requests(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"""version: 1
+keys:
+  - name: t
+    key: {CLIENT_KEY}
+providers:
+  - name: demo
+    type: echo
+    prefix: demo
+    models: [echo]
+""")
+    caplog.set_level(logging.DEBUG, logger="vte_proxy.memory")
+    with serve_app_in_thread(create_app(str(config), quiet_seconds=0.2), lifespan="on") as server:
+        body = {"model": "demo/echo", "messages": [{"role": "user", "content": "hello there"}]}
+        with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {CLIENT_KEY}"}) as client:
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+            with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+                assert b"[DONE]" in r.read()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any("quiet after" in r.message for r in caplog.records):
+            time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if r.name == "vte_proxy.memory"]
+    assert len(lines) == 1, lines
+    assert "collected" in lines[0]

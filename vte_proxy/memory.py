@@ -1,0 +1,82 @@
+"""Giving memory back once a burst of traffic is over.
+
+While requests flow, Python's cyclic garbage collector runs often enough on its own. When the
+traffic stops, it does not run at all (it is driven by allocations), so the cycles left by the
+last connections of a burst (aiohttp and asyncio objects that refer to each other) stay in
+memory until the next busy period. :func:`release_after_bursts` notices the quiet, collects
+once and asks the C allocator to return its free pages to the OS.
+
+How much comes back depends on the allocator: Python's own (pymalloc) keeps each 1 MiB arena
+while any object in it is alive, so the container image runs with jemalloc and
+``PYTHONMALLOC=malloc`` (see docs/performance.md, "Memory").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+from collections.abc import Callable
+
+from vte_proxy import accounting
+from vte_proxy.upstream import KEEPALIVE_TIMEOUT
+
+log = logging.getLogger("vte_proxy.memory")
+
+# Seconds without a request finishing (and none in flight) before the collection runs.
+QUIET_SECONDS = 5.0
+# A second collection once the burst's idle upstream connections have left the pool.
+AFTER_POOL_SECONDS = KEEPALIVE_TIMEOUT + QUIET_SECONDS
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    # glibc only (musl has no malloc_trim); with jemalloc preloaded it trims glibc's own,
+    # nearly empty heap, which is cheap and harmless.
+    with contextlib.suppress(OSError, AttributeError):
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
+    return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> int:
+    """A full collection, then glibc's ``malloc_trim(0)``; returns the objects collected."""
+    found = gc.collect()
+    if _TRIM is not None:
+        _TRIM(0)
+    return found
+
+
+async def release_after_bursts(in_flight: Callable[[], int], stop: asyncio.Event,
+                               quiet: float = QUIET_SECONDS,
+                               release: Callable[[], int] = release_memory,
+                               after_pool: float = AFTER_POOL_SECONDS) -> None:
+    """Run ``release`` when the gateway goes quiet after serving requests (no request finished
+    during the last ``quiet`` seconds, none in flight), and once more ``after_pool`` seconds
+    later if it is still quiet (the burst's pooled upstream connections are closed by then).
+    A busy or idle gateway is left alone."""
+    loop = asyncio.get_running_loop()
+    seen = released = accounting.finished_count()
+    again_at: float | None = None
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), quiet)
+            return
+        now = accounting.finished_count()
+        if now != seen:  # still busy: Python's own collector is running
+            seen, again_at = now, None
+            continue
+        if in_flight():
+            continue
+        if now != released:
+            released, again_at = now, loop.time() + after_pool
+        elif again_at is not None and loop.time() >= again_at:
+            again_at = None
+        else:
+            continue
+        found = release()
+        log.debug("quiet after %d requests: collected %d objects, returned free memory", now, found)
