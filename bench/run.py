@@ -715,9 +715,9 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=1000, help="concurrent streams in the memory run (default 1000)")
     ap.add_argument("--interval", type=float, default=0.1, help="seconds between events in the memory run")
     ap.add_argument("--duration", type=float, default=30, help="length of each stream in the memory run (s)")
-    ap.add_argument("--settle", type=float, default=45,
-                    help="seconds to wait before the after-streams RSS (default 45: past the 30 s keep-alive "
-                    "of the upstream connections)")
+    ap.add_argument("--settle", type=float, default=70,
+                    help="seconds to wait before the after-streams RSS (default 70: past the release of the "
+                    "pooled upstream connections, 35-60 s after their last use)")
     ap.add_argument("--bursts", type=int, default=1, help="bursts of streams in the memory run (same process)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],

@@ -48,7 +48,7 @@ class Probe:
         return 0
 
 
-async def run_with(probe: Probe, body: Callable[[], Awaitable[None]], after_pool: float = 3600) -> None:
+async def run_with(probe: Probe, body: Callable[[], Awaitable[None]], after_pool: tuple[float, ...] = ()) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(release_after_bursts(lambda: probe.in_flight, stop, QUIET, probe.release, after_pool))
     await asyncio.sleep(0)  # it has started (and counted the requests so far)
@@ -79,11 +79,26 @@ async def test_releases_again_once_pooled_connections_have_expired() -> None:
     async def body() -> None:
         burst()
         assert await until(lambda: probe.calls == 1)
-        assert await until(lambda: probe.calls == 2)  # after_pool later, still quiet
+        assert await until(lambda: probe.calls == 2)  # after_pool[0] later, still quiet
+        assert await until(lambda: probe.calls == 3)  # after_pool[1]
         await asyncio.sleep(QUIET * 12)
-        assert probe.calls == 2  # and that is all until traffic comes back
+        assert probe.calls == 3  # and that is all until traffic comes back
 
-    await run_with(probe, body, after_pool=QUIET * 4)
+    await run_with(probe, body, after_pool=(QUIET * 4, QUIET * 8))
+
+
+async def test_new_traffic_cancels_the_follow_ups() -> None:
+    probe = Probe()
+
+    async def body() -> None:
+        burst()
+        assert await until(lambda: probe.calls == 1)
+        burst()  # traffic again before the follow-up: the next quiet starts a new round
+        assert await until(lambda: probe.calls == 2)
+        await asyncio.sleep(QUIET * 20)
+        assert probe.calls == 3  # the second round's follow-up only; the first round's was dropped
+
+    await run_with(probe, body, after_pool=(QUIET * 6,))
 
 
 async def test_leaves_an_idle_gateway_alone() -> None:

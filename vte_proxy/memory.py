@@ -4,7 +4,8 @@ While requests flow, Python's cyclic garbage collector runs often enough on its 
 traffic stops, it does not run at all (it is driven by allocations), so the cycles left by the
 last connections of a burst (aiohttp and asyncio objects that refer to each other) stay in
 memory until the next busy period. :func:`release_after_bursts` notices the quiet, collects
-once and asks the C allocator to return its free pages to the OS.
+(again once the burst's pooled upstream connections are closed) and asks the C allocator to
+return its free pages to the OS.
 
 How much comes back depends on the allocator: Python's own (pymalloc) keeps each 1 MiB arena
 while any object in it is alive, so the container image runs with jemalloc and
@@ -27,8 +28,10 @@ log = logging.getLogger("vte_proxy.memory")
 
 # Seconds without a request finishing (and none in flight) before the collection runs.
 QUIET_SECONDS = 5.0
-# A second collection once the burst's idle upstream connections have left the pool.
-AFTER_POOL_SECONDS = KEEPALIVE_TIMEOUT + QUIET_SECONDS
+# Collections again, after the first, once the burst's idle upstream connections have left the
+# pool: aiohttp closes them at its first cleanup round (every KEEPALIVE_TIMEOUT seconds) past
+# their keep-alive, i.e. between one and two keep-alive periods after their last use.
+AFTER_POOL_SECONDS = (KEEPALIVE_TIMEOUT + QUIET_SECONDS, 2 * KEEPALIVE_TIMEOUT + QUIET_SECONDS)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -54,28 +57,29 @@ def release_memory() -> int:
 async def release_after_bursts(in_flight: Callable[[], int], stop: asyncio.Event,
                                quiet: float = QUIET_SECONDS,
                                release: Callable[[], int] = release_memory,
-                               after_pool: float = AFTER_POOL_SECONDS) -> None:
+                               after_pool: tuple[float, ...] = AFTER_POOL_SECONDS) -> None:
     """Run ``release`` when the gateway goes quiet after serving requests (no request finished
-    during the last ``quiet`` seconds, none in flight), and once more ``after_pool`` seconds
-    later if it is still quiet (the burst's pooled upstream connections are closed by then).
-    A busy or idle gateway is left alone."""
+    during the last ``quiet`` seconds, none in flight), and again ``after_pool`` seconds later
+    while it stays quiet (the burst's pooled upstream connections are closed by then). A busy
+    or idle gateway is left alone."""
     loop = asyncio.get_running_loop()
     seen = released = accounting.finished_count()
-    again_at: float | None = None
+    again: list[float] = []  # loop times of the follow-up collections still due
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), quiet)
             return
         now = accounting.finished_count()
         if now != seen:  # still busy: Python's own collector is running
-            seen, again_at = now, None
+            seen, again = now, []
             continue
         if in_flight():
             continue
         if now != released:
-            released, again_at = now, loop.time() + after_pool
-        elif again_at is not None and loop.time() >= again_at:
-            again_at = None
+            released = now
+            again = [loop.time() + delay for delay in after_pool]
+        elif again and loop.time() >= again[0]:
+            again.pop(0)
         else:
             continue
         found = release()
