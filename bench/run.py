@@ -551,7 +551,8 @@ def profile_runs(args: argparse.Namespace, pid: int, base: str, load_cpu: int | 
     out_dir = Path(args.profile_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, model, stream in (("nonstream-c32", MODEL_NS, False), ("stream-c32", MODEL_S, True)):
+    conns = args.profile_conns
+    for name, model, stream in ((f"nonstream-c{conns}", MODEL_NS, False), (f"stream-c{conns}", MODEL_S, True)):
         raw = Path(tempfile.gettempdir()) / f"vte-pyspy-{name}.txt"
         secs = max(4, int(args.seconds))
         # blocking sampling (full stacks; --nonblocking cuts many of them short), GIL holder only
@@ -561,7 +562,7 @@ def profile_runs(args: argparse.Namespace, pid: int, base: str, load_cpu: int | 
         say(f"profiling {name} with py-spy ({secs} s)")
         spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)
-        wrk(base + "/v1/chat/completions", model, 32, secs + 1, stream, load_cpu)
+        wrk(base + "/v1/chat/completions", model, conns, secs + 1, stream, load_cpu)
         _, err = spy_proc.communicate(timeout=60)
         if not raw.exists():
             say(f"bench: py-spy failed: {err.decode(errors='replace')[-500:]}")
@@ -569,7 +570,7 @@ def profile_runs(args: argparse.Namespace, pid: int, base: str, load_cpu: int | 
         summary = out_dir / f"{name}.txt"
         with open(summary, "w") as out:
             subprocess.run([sys.executable, str(HERE / "profile_summary.py"), str(raw), "--title",
-                            f"vte-proxy {name}: py-spy record -r 250 --gil during wrk -c32",
+                            f"vte-proxy {name}: py-spy record -r 250 --gil during wrk -c{conns}",
                             "--folded", str(out_dir / f"{name}.folded.txt")], stdout=out, check=False)
         files[name] = str(summary)
     return files
@@ -729,6 +730,7 @@ def main() -> int:
     ap.add_argument("--no-install", action="store_true", help="never apt-get install nginx/wrk")
     ap.add_argument("--profile", action="store_true", help="also profile c=32 runs with py-spy (text summaries)")
     ap.add_argument("--profile-dir", default=str(HERE / "profiles"))
+    ap.add_argument("--profile-conns", type=int, default=32, help="wrk connections during the profiled runs")
     ap.add_argument("--port-base", type=int, default=18100, help="ports used: base+1 .. base+41 on 127.0.0.1")
     ap.add_argument("--gateway-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
