@@ -60,7 +60,8 @@ RUN groupadd --system --gid 10001 vte \
 # every 1 MiB arena that still holds one live object, so after 1,000 streams the process stayed
 # at its peak; with jemalloc (and PYTHONMALLOC=malloc so small objects use it too) it returns
 # to within ~10 MB of idle, at the same speed. See docs/performance.md, "Memory".
-# The symlink gives LD_PRELOAD one path on every architecture.
+# The symlink gives LD_PRELOAD one path on every architecture. Not version-pinned (DL3008):
+# the package follows the Debian release under python:3.11-slim, as its other libraries do.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libjemalloc2 \

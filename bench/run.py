@@ -727,8 +727,9 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="before each run, wait up to SECONDS for the machine to be idle (shared machines)")
     ap.add_argument("--python-upstream", action="store_true", help="use the Python upstream even if nginx is here")
-    ap.add_argument("--no-install", action="store_true", help="never apt-get install nginx/wrk")
-    ap.add_argument("--profile", action="store_true", help="also profile c=32 runs with py-spy (text summaries)")
+    ap.add_argument("--no-install", action="store_true", help="never apt-get install nginx/wrk/libjemalloc2")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile extra runs with py-spy (text summaries; see --profile-conns)")
     ap.add_argument("--profile-dir", default=str(HERE / "profiles"))
     ap.add_argument("--profile-conns", type=int, default=32, help="wrk connections during the profiled runs")
     ap.add_argument("--port-base", type=int, default=18100, help="ports used: base+1 .. base+41 on 127.0.0.1")
