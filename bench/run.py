@@ -232,7 +232,17 @@ def start_python_upstream(procs: Processes, work: Path, ports: dict[str, int], c
 
 
 def gateway_config(ports: dict[str, int], max_connections: int, max_concurrency: int) -> str:
-    """Everything on: several client keys (one with a model allow-list), metrics, request log."""
+    """Everything on: several client keys (one with a model allow-list), metrics, request log.
+    One provider per upstream port: bench (JSON), benchs (SSE), slow (the memory run)."""
+    providers = "".join(f"""
+          - name: {name}
+            type: openai
+            base_url: http://127.0.0.1:{ports[port]}/v1
+            api_key: sk-upstream-bench
+            prefix: {name}
+            models: [gpt-4o-mini]
+            max_connections: {max_connections}""" for name, port in (("bench", "json"), ("benchs", "sse"),
+                                                                      ("slow", "slow")))
     return textwrap.dedent(f"""\
         # written by bench/run.py
         version: 1
@@ -246,28 +256,7 @@ def gateway_config(ports: dict[str, int], max_connections: int, max_concurrency:
             models: ["bench/*"]
           - name: hashed
             key_sha256: "{hashlib.sha256(b"sk-bench-hashed").hexdigest()}"
-        providers:
-          - name: bench
-            type: openai
-            base_url: http://127.0.0.1:{ports["json"]}/v1
-            api_key: sk-upstream-bench
-            prefix: bench
-            models: [gpt-4o-mini]
-            max_connections: {max_connections}
-          - name: benchs
-            type: openai
-            base_url: http://127.0.0.1:{ports["sse"]}/v1
-            api_key: sk-upstream-bench
-            prefix: benchs
-            models: [gpt-4o-mini]
-            max_connections: {max_connections}
-          - name: slow
-            type: openai
-            base_url: http://127.0.0.1:{ports["slow"]}/v1
-            api_key: sk-upstream-bench
-            prefix: slow
-            models: [gpt-4o-mini]
-            max_connections: {max_connections}
+        providers:{providers}
         server:
           max_concurrency: {max_concurrency}
           shutdown_grace: 2s
