@@ -38,7 +38,7 @@ schema: venv ## write gateway.schema.json (for yaml-language-server)
 	$(BIN)/vte-proxy schema > gateway.schema.json
 
 helm-lint: venv ## render, lint and validate the Helm chart and dashboard
-	$(BIN)/python -m pytest -q tests/test_helm_chart.py tests/test_dashboard.py tests/test_dockerfile.py
+	$(BIN)/python -m pytest -q tests/deploy
 
 docker: ## build the container image (needs a Docker engine)
 	docker build -t vte-proxy:latest .

@@ -11,7 +11,7 @@ from typing import Any
 import promql_parser
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "dashboards" / "vte-proxy.json"
 CHART_COPY = REPO / "helm" / "vte-proxy" / "dashboards" / "vte-proxy.json"
 

@@ -22,7 +22,7 @@ import promql_parser
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "helm" / "vte-proxy"
 KUBE_VERSION = "1.30.0"
 RELEASE = "gw"

@@ -294,6 +294,6 @@ def test_allow_missing_env_turns_unset_variables_into_located_warnings() -> None
 
 
 def test_the_example_config_loads() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     loaded = load_config(root / "gateway.yaml.example", env={})
     assert [p.name for p in loaded.config.providers] == ["demo"]

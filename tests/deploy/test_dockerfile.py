@@ -22,7 +22,7 @@ from packaging.utils import canonicalize_name
 
 from tests.support import CLIENT_KEY, running_gateway
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 LOCK = REPO / "requirements.lock"
 BASE_IMAGE = "python:3.11-slim"
