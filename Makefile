@@ -4,9 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= gateway.yaml.example
 PORT   ?= 8050
+IMAGE  ?= vte-proxy:latest
+# podman only: `stand-in` builds the base locally (no registry needed); `registry` pulls it.
+BASE   ?= stand-in
+# podman settings for hosts without a Docker engine (runc, cgroupfs, host-sized ulimits).
+export CONTAINERS_CONF ?= $(CURDIR)/deploy/podman/containers.conf
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test debs lint schema helm-lint docker bench clean
+.PHONY: help venv run test debs lint schema helm-lint image image-base docker bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,13 +27,20 @@ venv: $(BIN)/vte-proxy ## create .venv and install the project with its dev tool
 run: venv ## serve gateway.yaml.example on :8050 (demo key sk-demo, model demo/echo)
 	$(BIN)/vte-proxy serve --config $(CONFIG) --port $(PORT)
 
+# Debian packages the tests use: chromium (status-page browser test), libjemalloc2 (the image's
+# allocator), podman & co. (the image built and run), prometheus (brings promtool: scraping,
+# dashboard queries, alert unit tests).
+DEBS := chromium libjemalloc2 podman runc buildah debootstrap uidmap slirp4netns fuse-overlayfs prometheus
+
 test: venv ## run the test suite (installs the Debian packages below if missing)
 	@command -v chromium >/dev/null 2>&1 && ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 \
+	  && command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 \
+	  && command -v debootstrap >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
 	  || $(MAKE) --no-print-directory debs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
-debs: ## install Debian's chromium (the status-page browser test) and libjemalloc2 (the image's allocator)
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libjemalloc2 >/dev/null
+debs: ## install the Debian packages the tests use (chromium, libjemalloc2, podman, debootstrap, prometheus)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null
 
 lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check vte_proxy tests bench
@@ -40,8 +52,21 @@ schema: venv ## write gateway.schema.json (for yaml-language-server)
 helm-lint: venv ## render, lint and validate the Helm chart and dashboard
 	$(BIN)/python -m pytest -q tests/deploy
 
-docker: ## build the container image (needs a Docker engine)
-	docker build -t vte-proxy:latest .
+image: ## build the image: docker with a running engine, else podman (local stand-in base; BASE=registry pulls)
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  echo "docker build -t $(IMAGE) ."; docker build -t $(IMAGE) .; \
+	elif [ "$(BASE)" = registry ]; then \
+	  echo "podman build --format docker -t $(IMAGE) ."; podman build --format docker -t $(IMAGE) .; \
+	else \
+	  $(MAKE) --no-print-directory image-base && \
+	  echo "podman build --format docker --pull=never -t $(IMAGE) ." && \
+	  podman build --format docker --pull=never -t $(IMAGE) .; \
+	fi
+
+image-base: ## podman: build the Dockerfile's base image locally (debootstrap; cached, FORCE=1 rebuilds)
+	scripts/image-base.sh
+
+docker: image ## alias of `make image`
 
 bench: venv ## side-by-side benchmark (wrk + nginx from Debian); not part of `make test`
 	$(BIN)/python bench/run.py
