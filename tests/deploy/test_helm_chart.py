@@ -31,6 +31,7 @@ FULLNAME = "gw-vte-proxy"
 CONFIG_DIR = "/etc/vte-proxy"
 CONFIG_FILE = "/etc/vte-proxy/gateway.yaml"
 GATEWAY_DEFAULT_SHUTDOWN_GRACE = 30
+THREE_REPLICAS_EXAMPLE = CHART_DIR / "examples" / "three-replicas-redis.yaml"
 
 # The metric names of PRODUCT.md (histograms with their series suffixes).
 METRICS = {
@@ -278,6 +279,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "nodePort": {"service": {"type": "NodePort", "nodePort": 30850}},
+    "redisLimits": {"limits": {"store": "redis", "redis": {"existingSecret": "vte-redis"}}},
+    "threeReplicasRedisExample": yaml.safe_load(THREE_REPLICAS_EXAMPLE.read_text()),
     "imageDigest": {"image": {"repository": "registry.example/vte-proxy", "digest": "sha256:" + "a" * 64}},
     "everything": {
         "replicaCount": 2,
@@ -866,3 +869,88 @@ def test_packaged_chart_keeps_the_dashboard(chart: helm_python.Chart, tmp_path: 
         assert json.loads(next(iter(configmap["data"].values())))["uid"] == "vte-proxy"
     finally:
         packaged.close()
+
+
+# --------------------------------------------------------------------------- limits store, Claude Code notes
+
+
+def env_of(docs: list[Doc]) -> dict[str, Doc]:
+    return {e["name"]: e for e in container(docs).get("env", [])}
+
+
+def gateway_of(docs: list[Doc]) -> Doc:
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap" and "gateway.yaml" in d["data"]]
+    loaded: Doc = yaml.safe_load(configmap["data"]["gateway.yaml"])
+    return loaded
+
+
+def notes(chart: helm_python.Chart, values: dict[str, Any] | None = None) -> str:
+    return next(t for p, t in render_raw(chart, values).items() if p.endswith("NOTES.txt"))
+
+
+def test_memory_store_by_default(chart: helm_python.Chart) -> None:
+    docs = render(chart)
+    assert "REDIS_URL" not in env_of(docs)
+    assert "limits" not in gateway_of(docs)
+
+
+def test_redis_store_takes_its_url_from_an_existing_secret(chart: helm_python.Chart) -> None:
+    values = {"limits": {"store": "redis", "redis": {"existingSecret": "vte-redis", "existingSecretKey": "url",
+                                                     "onError": "closed"}},
+              "config": {"gateway": {**chart.values["config"]["gateway"], "limits": {"rpm": 100}}}}
+    docs = render(chart, values)
+    assert env_of(docs)["REDIS_URL"] == {"name": "REDIS_URL",
+                                         "valueFrom": {"secretKeyRef": {"name": "vte-redis", "key": "url"}}}
+    # the gateway's own limits are kept; the store and the URL reference are added
+    assert gateway_of(docs)["limits"] == {"rpm": 100, "store": "redis",
+                                          "redis": {"url": "${REDIS_URL}", "on_error": "closed"}}
+    assert "redis://" not in json.dumps(docs), "the URL (with its password) stays in the Secret"
+
+
+def test_redis_store_needs_the_secret(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmError, match=r"limits\.redis\.existingSecret"):
+        render(chart, {"limits": {"store": "redis"}})
+
+
+def test_redis_store_with_a_string_config_must_reference_the_url(chart: helm_python.Chart) -> None:
+    values = {"limits": {"store": "redis", "redis": {"existingSecret": "r"}}, **SCENARIOS["stringConfig"]}
+    with pytest.raises(helm_python.HelmError, match="REDIS_URL"):
+        render(chart, values)
+    text = values["config"]["gateway"] + 'limits: {store: redis, redis: {url: "${REDIS_URL}"}}\n'
+    docs = render(chart, {**values, "config": {"gateway": text}})
+    assert gateway_of(docs)["limits"]["redis"]["url"] == "${REDIS_URL}"
+    assert "REDIS_URL" in env_of(docs)
+
+
+def test_schema_knows_the_limits_store(chart: helm_python.Chart) -> None:
+    for bad in ({"limits": {"store": "etcd"}}, {"limits": {"redis": {"onError": "maybe"}}},
+                {"limits": {"redis": {"url": "redis://x"}}}):
+        with pytest.raises(helm_python.HelmValuesError):
+            chart.validate_schema(bad)
+
+
+def test_notes_warn_about_per_pod_limits_with_replicas(chart: helm_python.Chart) -> None:
+    assert "N times" not in notes(chart)
+    assert "N times" in notes(chart, {"replicaCount": 3})
+    assert "N times" in notes(chart, {"autoscaling": {"enabled": True}})
+    assert "N times" not in notes(chart, {"replicaCount": 3, **SCENARIOS["redisLimits"]})
+
+
+def test_notes_tell_how_to_point_claude_code_at_the_gateway(chart: helm_python.Chart) -> None:
+    text = notes(chart)
+    assert f"export ANTHROPIC_BASE_URL=http://{FULLNAME}.{NAMESPACE}.svc:8050\n" in text
+    assert "export ANTHROPIC_AUTH_TOKEN=<client key>" in text
+    assert "export ANTHROPIC_BASE_URL=https://llm.example.com\n" in notes(chart, SCENARIOS["ingress"])
+
+
+def test_three_replicas_redis_example(chart: helm_python.Chart) -> None:
+    values = SCENARIOS["threeReplicasRedisExample"]
+    docs = render(chart, values)
+    assert deployment(docs)["spec"]["replicas"] == 3
+    assert only(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    assert env_of(docs)["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "vte-proxy-redis", "key": "redis-url"}
+    gateway = gateway_of(docs)
+    assert gateway["limits"]["store"] == "redis" and gateway["limits"]["redis"]["url"] == "${REDIS_URL}"
+    assert all("limits" in key and "budget" in key for key in gateway["keys"])
+    assert {p["type"] for p in gateway["providers"]} == {"openai", "anthropic"}
+    assert {"ServiceMonitor", "PrometheusRule", "Ingress"} <= set(kinds(docs))

@@ -119,7 +119,15 @@ The gateway.yaml document: config.gateway as a string (verbatim) or a mapping (t
 {{- if kindIs "string" .Values.config.gateway }}
 {{- .Values.config.gateway }}
 {{- else }}
-{{- toYaml .Values.config.gateway }}
+{{- $gateway := deepCopy .Values.config.gateway }}
+{{- if eq .Values.limits.store "redis" }}
+{{- /* limits.store=redis: the counters live in Redis, whose URL comes from the pod environment. */}}
+{{- $limits := get $gateway "limits" | default dict }}
+{{- $_ := set $limits "store" "redis" }}
+{{- $_ := set $limits "redis" (dict "url" "${REDIS_URL}" "on_error" .Values.limits.redis.onError) }}
+{{- $_ := set $gateway "limits" $limits }}
+{{- end }}
+{{- toYaml $gateway }}
 {{- end }}
 {{- end }}
 
@@ -162,6 +170,14 @@ PromQL selector for this release's series (prometheusRule.selector or job + name
 Checks that values cannot express in values.schema.json.
 */}}
 {{- define "vte-proxy.validateValues" -}}
+{{- if eq .Values.limits.store "redis" }}
+{{- if not .Values.limits.redis.existingSecret }}
+{{- fail "limits.store=redis needs limits.redis.existingSecret: a Secret holding the Redis URL (it becomes REDIS_URL)" }}
+{{- end }}
+{{- if and (kindIs "string" .Values.config.gateway) (not .Values.config.existingConfigMap) (not (contains "${REDIS_URL}" .Values.config.gateway)) }}
+{{- fail "limits.store=redis with config.gateway as a string: add limits: {store: redis, redis: {url: \"${REDIS_URL}\"}} to it" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.config.existingConfigMap (eq .Values.config.reloadStrategy "rollout") }}
 {{- fail "config.reloadStrategy=rollout needs the chart-managed ConfigMap: with config.existingConfigMap use hotReload (or restart the pods yourself, e.g. with Reloader)" }}
 {{- end }}
