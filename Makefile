@@ -49,7 +49,7 @@ lint: venv ## ruff and mypy --strict
 schema: venv ## write gateway.schema.json (for yaml-language-server)
 	$(BIN)/vte-proxy schema > gateway.schema.json
 
-helm-lint: venv ## render, lint and validate the Helm chart and dashboard
+helm-lint: venv ## tests/deploy: chart, dashboard, Dockerfile, the image run, Prometheus, alerts
 	$(BIN)/python -m pytest -q tests/deploy
 
 image: ## build the image: docker with a running engine, else podman (local stand-in base; BASE=registry pulls)
