@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,29 +147,32 @@ def _line_map(node: yaml.Node | None, issues: list[ConfigIssue]) -> Lines:
     """The line of every mapping key and sequence item; a key given twice in one mapping
     (YAML would silently keep the last) is an issue."""
     lines: Lines = {}
-
-    def walk(n: yaml.Node, path: Loc) -> None:
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for k, v in n.value:
-                key = str(k.value)
-                p = (*path, key)
-                line = k.start_mark.line + 1
-                if key in seen and key != "<<":
-                    issues.append(ConfigIssue(format_place(p), line,
-                                              f"duplicate key {key!r} (also on line {seen[key]}); "
-                                              "YAML would keep only the last"))
-                seen.setdefault(key, line)
-                lines[p] = line
-                walk(v, p)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, item in enumerate(n.value):
-                walk(item, (*path, i))
-
     if node is not None:
-        walk(node, ())
+        _walk(node, (), lines, issues)
     return lines
+
+
+def _walk(n: yaml.Node, path: Loc, lines: Lines, issues: list[ConfigIssue]) -> None:
+    lines.setdefault(path, n.start_mark.line + 1)
+    if isinstance(n, yaml.MappingNode):
+        _walk_mapping(n, path, lines, issues)
+    elif isinstance(n, yaml.SequenceNode):
+        for i, item in enumerate(n.value):
+            _walk(item, (*path, i), lines, issues)
+
+
+def _walk_mapping(n: yaml.MappingNode, path: Loc, lines: Lines, issues: list[ConfigIssue]) -> None:
+    seen: dict[str, int] = {}
+    for k, v in n.value:
+        key = str(k.value)
+        p = (*path, key)
+        line = k.start_mark.line + 1
+        if key in seen and key != "<<":
+            issues.append(ConfigIssue(format_place(p), line, f"duplicate key {key!r} (also on line {seen[key]}); "
+                                                             "YAML would keep only the last"))
+        seen.setdefault(key, line)
+        lines[p] = line
+        _walk(v, p, lines, issues)
 
 
 def _line(lines: Lines, loc: Loc) -> int | None:
@@ -189,31 +192,31 @@ class _Substitution:
         self.missing_places: list[Loc] = []
 
     def apply(self, data: Any, path: Loc = ()) -> Any:
+        """``data`` with every string's variables substituted (a new tree; ``data`` is not changed)."""
         if isinstance(data, dict):
             return {k: self.apply(v, (*path, str(k))) for k, v in data.items()}
         if isinstance(data, list):
             return [self.apply(v, (*path, i)) for i, v in enumerate(data)]
         if not isinstance(data, str) or "$" not in data:
             return data
+        return _VAR.sub(lambda m: self._value(m, path), data)
 
-        def repl(m: re.Match[str]) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            name, default = m.group(1), m.group(2)
-            value = self.env.get(name)
-            if value is not None and not (value == "" and default is not None):
-                return value
-            if default is not None:
-                return default
-            note = " (left as is: --allow-missing-env)" if self.allow_missing else ""
-            self.missing.append(ConfigIssue(format_place(path), _line(self.lines, path),
-                                            f"environment variable {name} is not set{note}"))
-            self.missing_places.append(path)
-            # Its own text stands in, so the rest of the file is still checked; what fails at
-            # this place only because the variable is missing is not reported twice.
-            return m.group(0)
-
-        return _VAR.sub(repl, data)
+    def _value(self, m: re.Match[str], path: Loc) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        value = self.env.get(name)
+        if value is not None and not (value == "" and default is not None):
+            return value
+        if default is not None:
+            return default
+        note = " (left as is: --allow-missing-env)" if self.allow_missing else ""
+        self.missing.append(ConfigIssue(format_place(path), _line(self.lines, path),
+                                        f"environment variable {name} is not set{note}"))
+        self.missing_places.append(path)
+        # Its own text stands in, so the rest of the file is still checked; what fails at
+        # this place only because the variable is missing is not reported twice.
+        return m.group(0)
 
 
 def _parse_place(place: str) -> Loc:
@@ -346,35 +349,38 @@ def _add_validation_issues(issues: list[ConfigIssue], found: list[tuple[Loc, Con
 def _partial_routing_issues(data: dict[str, Any], lines: Lines) -> list[ConfigIssue]:
     """Routing conflicts among the providers and routes that are valid on their own, so a
     file with other errors still gets its "claimed twice" reported in the same run."""
-    valid: dict[str, dict[int, Any]] = {"providers": {}, "routes": {}}
-    for field, model in (("providers", ProviderConfig), ("routes", RouteConfig)):
-        items = data.get(field)
-        for i, item in enumerate(items if isinstance(items, list) else []):
-            try:
-                valid[field][i] = model.model_validate(item)
-            except ValidationError:
-                continue
-    providers, routes = valid["providers"], valid["routes"]
+    providers, routes = _valid_items(data, "providers", ProviderConfig), _valid_items(data, "routes", RouteConfig)
     partial = GatewayConfig.model_construct(version=1, keys=(), providers=tuple(providers.values()),
                                             routes=tuple(routes.values()))
-    original = {"providers": list(providers), "routes": list(routes)}
-
-    def remap(text: str) -> str:
-        return re.sub(r"\b(providers|routes)\[(\d+)\]",
-                      lambda m: f"{m.group(1)}[{original[m.group(1)][int(m.group(2))]}]", text)
-
     try:
         build_routing(partial, {})
     except RoutingError as exc:
         complete = isinstance(data.get("providers"), list) and len(providers) == len(data["providers"])
-        out = []
-        for p, m in exc.problems:
-            if ".targets[" in p and not complete:  # the target may belong to an invalid provider
-                continue
-            place = remap(p)
-            out.append(ConfigIssue(place, _line(lines, _parse_place(place)), remap(m)))
-        return out
+        remap = _renumber({"providers": list(providers), "routes": list(routes)})
+        # A target may belong to an invalid provider: only a complete set can tell it is missing.
+        kept = [(remap(p), remap(m)) for p, m in exc.problems if complete or ".targets[" not in p]
+        return [ConfigIssue(place, _line(lines, _parse_place(place)), message) for place, message in kept]
     return []
+
+
+def _valid_items(data: dict[str, Any], field: str, model: type[ProviderConfig | RouteConfig]) -> dict[int, Any]:
+    """The items of the list ``field`` that validate on their own, by their index in the file."""
+    items = data.get(field)
+    valid: dict[int, Any] = {}
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        try:
+            valid[i] = model.model_validate(item)
+        except ValidationError:
+            continue
+    return valid
+
+
+def _renumber(original: dict[str, list[int]]) -> Callable[[str], str]:
+    """``providers[i]`` / ``routes[i]`` of the partial config -> their index in the file."""
+    def remap(text: str) -> str:
+        return re.sub(r"\b(providers|routes)\[(\d+)\]",
+                      lambda m: f"{m.group(1)}[{original[m.group(1)][int(m.group(2))]}]", text)
+    return remap
 
 
 def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
