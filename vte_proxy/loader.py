@@ -2,8 +2,11 @@
 
 :func:`load_config` is the one entry point; serve, reload and ``vte-proxy check`` all call it.
 Every problem is reported with its place in the file (``providers[1].name``) and line, and
-all problems are collected, not just the first. Messages never quote a value from the file
-(a value may be a secret): they name the place, the rule, and at most a ``name``.
+all problems are collected, not just the first. A file over :data:`MAX_CONFIG_BYTES`, nested
+deeper than :data:`MAX_DEPTH` or holding more than :data:`MAX_NODES` nodes (aliases expanded) is
+refused before anything is built from it, so no file can exhaust memory or the stack.
+Messages never quote a value from the file (a value may be a secret): they name the place,
+the rule, and at most a ``name``.
 """
 
 from __future__ import annotations
