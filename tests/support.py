@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import aiohttp.abc
 import httpx
 import uvicorn
 from starlette.applications import Starlette
@@ -36,6 +38,13 @@ from starlette.routing import Route
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
 CLIENT_KEY = "sk-client-SECRET-abcdef"
+LIMITED_KEY = "sk-limited-key-000"  # gateway_yaml's key `limited`: only demo/* models
+ADMIN_KEY = "sk-admin-key-000"      # gateway_yaml's key `admin`: status: true
+
+# Chat messages the tests send. The echo provider answers with the last user message and counts
+# words as tokens: HELLO is answered "Say hello"; THREE_WORDS is 3 prompt and 3 completion tokens.
+HELLO: Any = [{"role": "user", "content": "Say hello"}]
+THREE_WORDS: Any = [{"role": "user", "content": "one two three"}]
 
 
 def free_port() -> int:
@@ -67,6 +76,23 @@ class AppServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(5)
+
+
+class LoopbackResolver(aiohttp.abc.AbstractResolver):
+    """Every host name resolves to 127.0.0.1: the connector tests inject instead of patching
+    (``create_app(..., connector=loopback_connector)``, base URLs like ``http://upstream.test:PORT``)."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        return None
+
+
+def loopback_connector(provider: object = None) -> aiohttp.TCPConnector:
+    """An upstream connector factory whose every host is loopback."""
+    return aiohttp.TCPConnector(resolver=LoopbackResolver())
 
 
 @contextlib.contextmanager
@@ -154,6 +180,11 @@ class ScriptedUpstream:
 
     def push(self, *behaviours: Reply | Stream | Hang) -> None:
         self.script.extend(behaviours)
+
+    def reset(self) -> None:
+        """An empty script and no recorded requests (for the next test)."""
+        self.script.clear()
+        self.requests.clear()
 
     def start(self) -> ScriptedUpstream:
         self._server.start()

@@ -13,7 +13,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,10 +22,19 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import CLIENT_KEY, GatewayProcess, ScriptedUpstream, Stream, chunk, gateway_yaml, running_gateway
+from tests.conftest import Stack, gateway_fixture
+from tests.support import (
+    ADMIN_KEY,
+    CLIENT_KEY,
+    GatewayProcess,
+    ScriptedUpstream,
+    Stream,
+    chunk,
+    gateway_yaml,
+    running_gateway,
+)
 
 T = TypeVar("T")
-ADMIN_KEY = "sk-admin-key-000"  # gateway_yaml's key with status: true
 VISIBLE_WITHIN = 10.0           # generous: the watcher reacts in well under a second
 
 
@@ -175,17 +184,18 @@ class Setup:
         eventually(lambda: self.probe.status()["config"]["hash"] == sha12(self.base), "the base config serves")
 
 
+stack = gateway_fixture(base_config)
+
+
 @pytest.fixture(scope="module")
-def setup(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    tmp = tmp_path_factory.mktemp("reload")
-    base = base_config(module_upstream.url)
-    with running_gateway(tmp, base) as gw:
-        yield Setup(Probe(gw), gw.config_path, base, module_upstream)
+def setup(stack: Stack[ScriptedUpstream]) -> Setup:
+    return Setup(Probe(stack.gateway), stack.gateway.config_path, stack.config, stack.upstream)
 
 
 @pytest.fixture
 def s(setup: Setup) -> Setup:
-    setup.upstream.script.clear()
+    """The module's gateway back on its base config, with a fresh upstream script."""
+    setup.upstream.reset()
     setup.reset()
     return setup
 
