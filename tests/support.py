@@ -391,3 +391,69 @@ def running_gateway(tmp_path: Path, config_text: str, **kw: Any) -> Iterator[Gat
         yield gw
     finally:
         gw.stop()
+
+
+# ---------------------------------------------------------------- the gateway in this process
+def eventually(check: Any, what: str, timeout: float = 10.0) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds (never
+    a timing assertion: a deadline for what must happen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.01)
+
+
+def metric(name: str, **labels: str) -> float:
+    """The current value of one sample in this process's Prometheus registry (0 when absent)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def inline_secrets(config_text: str) -> str:
+    """A gateway_yaml config with its ``${TEST_*}`` variables written out (no environment needed)."""
+    return config_text.replace("${TEST_CLIENT_KEY}", CLIENT_KEY).replace("${TEST_UPSTREAM_KEY}", UPSTREAM_KEY)
+
+
+def upstream_test_url(upstream: ScriptedUpstream) -> str:
+    """``upstream``'s base URL under a host name only the injected loopback connector resolves."""
+    return f"http://upstream.test:{upstream.port}/v1"
+
+
+@dataclass
+class InProcessGateway:
+    """``create_app`` served by uvicorn in a thread of this process: its Gateway and Accounting
+    objects can be read directly."""
+
+    url: str
+    config_path: Path
+    app: Any  # the GuardMiddleware create_app returns
+    gateway: Any
+    accounting: Any
+
+    def client(self, key: str = CLIENT_KEY, timeout: float = 10) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key}"}, timeout=timeout)
+
+    def entries_after(self, count: int, new: int = 1) -> list[dict[str, Any]]:
+        """The live-log entries of the ``new`` requests finished after the first ``count``."""
+        acc = self.accounting
+        eventually(lambda: acc.finished >= count + new, f"{new} more request(s) reported")
+        return list(acc.recent)[-(acc.finished - count):]
+
+
+@contextlib.contextmanager
+def in_process_gateway(tmp_path: Path, config_text: str, connector: Any = loopback_connector,
+                       **create_app_kw: Any) -> Iterator[InProcessGateway]:
+    """The gateway app for ``config_text`` in this process, its lifespan run; upstream host names
+    resolve to loopback through the injected ``connector`` (no subprocess, nothing patched)."""
+    from vte_proxy.app import create_app
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(inline_secrets(config_text))
+    app: Any = create_app(str(path), connector=connector, **create_app_kw)
+    with serve_app_in_thread(app, lifespan="on") as server:
+        yield InProcessGateway(server.url, path, app, app.gateway, app.accounting)
