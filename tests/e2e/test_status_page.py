@@ -241,9 +241,11 @@ def test_page_in_headless_chromium(gw: GatewayProcess, tmp_path: Path) -> None:
             assert hostile in page.inner_text("#log")
             # The tables refresh by themselves (every ~5 s).
             expect(page.locator("#totals")).to_contain_text("unknown model requests")
+            status = httpx.get(gw.url + "/status.json", headers=basic(ADMIN_KEY)).json()
+            served = next(m["requests"] for m in status["models"] if m["id"] == "demo/echo")  # the one sent above too
             page.wait_for_function(
-                "() => [...document.querySelectorAll('#models tr')].some(tr => tr.cells[0]?.textContent === "
-                "'demo/echo' && Number(tr.cells[2].textContent.replace(/,/g, '')) >= 3)", timeout=15_000)
+                "n => [...document.querySelectorAll('#models tr')].some(tr => tr.cells[0]?.textContent === "
+                "'demo/echo' && Number(tr.cells[2].textContent.replace(/,/g, '')) >= n)", arg=served, timeout=15_000)
 
             html = page.content()
             for secret in secret_forms():
