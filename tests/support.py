@@ -21,10 +21,10 @@ import textwrap
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import aiohttp.abc
@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
 CLIENT_KEY = "sk-client-SECRET-abcdef"
@@ -394,9 +395,9 @@ def running_gateway(tmp_path: Path, config_text: str, **kw: Any) -> Iterator[Gat
 
 
 # ---------------------------------------------------------------- the gateway in this process
-def eventually(check: Any, what: str, timeout: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds (never
-    a timing assertion: a deadline for what must happen)."""
+def eventually(check: Callable[[], T], what: str, timeout: float = 10.0) -> T:
+    """Poll ``check`` until it returns something truthy and return that; fail after ``timeout``
+    seconds (a deadline for what must happen, never a timing assertion)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -404,7 +405,7 @@ def eventually(check: Any, what: str, timeout: float = 10.0) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.01)
+        time.sleep(0.02)
 
 
 def metric(name: str, **labels: str) -> float:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -30,27 +30,13 @@ from tests.support import (
     ScriptedUpstream,
     Stream,
     chunk,
+    eventually,
     gateway_yaml,
     running_gateway,
 )
 
-T = TypeVar("T")
-VISIBLE_WITHIN = 10.0           # generous: the watcher reacts in well under a second
-
 
 # ---------------------------------------------------------------- helpers (also used by test_discovery)
-def eventually(check: Callable[[], T], what: str, timeout: float = VISIBLE_WITHIN) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-
-
 def write_atomic(path: Path, text: str) -> None:
     """How most tools save: a temporary file in the same directory, renamed over the config."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -35,7 +35,8 @@ from vte_proxy.errors import GatewayError
 
 @pytest.fixture(scope="module")
 def app(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
-    with in_process_gateway(tmp_path_factory.mktemp("exchange"), gateway_yaml(upstream_test_url(module_upstream))) as gw:
+    config = gateway_yaml(upstream_test_url(module_upstream))
+    with in_process_gateway(tmp_path_factory.mktemp("exchange"), config) as gw:
         yield gw
 
 
