@@ -14,7 +14,14 @@ from typing import Any, Generic, Protocol, TypeVar
 import openai
 import pytest
 
-from tests.support import CLIENT_KEY, GatewayProcess, ScriptedUpstream, gateway_yaml, running_gateway
+from tests.support import (
+    CLIENT_KEY,
+    ScriptedUpstream,
+    gateway_yaml,
+    in_process_gateway,
+    running_gateway,
+    upstream_test_url,
+)
 
 
 class Upstream(Protocol):
@@ -30,10 +37,14 @@ U = TypeVar("U", bound=Upstream)
 
 @dataclass
 class Stack(Generic[U]):
-    """A running gateway process, the upstream it points at and the config it was started with."""
+    """A running gateway, the upstream it points at and the config it was started with.
+
+    ``gateway`` is a ``vte-proxy serve`` process (:class:`~tests.support.GatewayProcess`), or
+    with ``in_process=True`` the app in this process (:class:`~tests.support.InProcessGateway`):
+    both have ``url``."""
 
     upstream: U
-    gateway: GatewayProcess
+    gateway: Any
     config: str = ""
 
     def client(self, key: str = CLIENT_KEY, **kw: object) -> openai.OpenAI:
@@ -48,17 +59,28 @@ class Stack(Generic[U]):
         return openai.AsyncOpenAI(base_url=self.gateway.url + "/v1", api_key=key, max_retries=0)
 
 
-def gateway_fixture(config: Callable[[str], str], *, upstream: str = "module_upstream",
-                    **running_gateway_kwargs: Any) -> Any:
-    """A module-scoped fixture: one ``vte-proxy serve`` process for a whole test module, started
-    with ``config(upstream.url)``, in front of the module-scoped fixture named ``upstream``.
-    Bind it to ``stack`` in the module (``stack = gateway_fixture(...)``); tests take ``s``."""
+def gateway_fixture(config: Callable[[str], str], *, upstream: str = "module_upstream", in_process: bool = False,
+                    **gateway_kwargs: Any) -> Any:
+    """A module-scoped fixture: one gateway for a whole test module, started with
+    ``config(url)`` in front of the module-scoped fixture named ``upstream`` (``url`` is its
+    base URL). Bind it to ``stack`` in the module (``stack = gateway_fixture(...)``); tests take ``s``.
+
+    By default the gateway is a ``vte-proxy serve`` process (``gateway_kwargs`` go to
+    :func:`~tests.support.running_gateway`); with ``in_process=True`` it is ``create_app`` in this
+    process, reaching the upstream as ``http://upstream.test:PORT`` through the injected loopback
+    connector (``gateway_kwargs`` go to :func:`~tests.support.in_process_gateway`)."""
 
     @pytest.fixture(scope="module")
     def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack[Any]]:
         up = request.getfixturevalue(upstream)
+        tmp = tmp_path_factory.mktemp("gw")
+        if in_process:
+            text = config(upstream_test_url(up))
+            with in_process_gateway(tmp, text, **gateway_kwargs) as app:
+                yield Stack(up, app, text)
+            return
         text = config(up.url)
-        with running_gateway(tmp_path_factory.mktemp("gw"), text, **running_gateway_kwargs) as gw:
+        with running_gateway(tmp, text, **gateway_kwargs) as gw:
             yield Stack(up, gw, text)
 
     return stack

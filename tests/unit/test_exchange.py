@@ -8,13 +8,13 @@ read from the app's own Accounting object and this process's Prometheus registry
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from websockets.sync.client import connect
 
+from tests.conftest import Stack, gateway_fixture
 from tests.support import (
     CLIENT_KEY,
     HELLO,
@@ -25,25 +25,18 @@ from tests.support import (
     chunk,
     eventually,
     gateway_yaml,
-    in_process_gateway,
     metric,
-    upstream_test_url,
 )
 from vte_proxy.dialect import OPENAI
 from vte_proxy.errors import GatewayError
 
-
-@pytest.fixture(scope="module")
-def app(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
-    config = gateway_yaml(upstream_test_url(module_upstream))
-    with in_process_gateway(tmp_path_factory.mktemp("exchange"), config) as gw:
-        yield gw
+stack = gateway_fixture(gateway_yaml, in_process=True)
 
 
 @pytest.fixture
-def gw(app: InProcessGateway, module_upstream: ScriptedUpstream) -> InProcessGateway:
-    module_upstream.reset()
-    return app
+def gw(s: Stack[ScriptedUpstream]) -> InProcessGateway:
+    gateway: InProcessGateway = s.gateway
+    return gateway
 
 
 def chat(gw: InProcessGateway, model: str = "up/gpt-4o", **extra: Any) -> httpx.Response:

@@ -8,7 +8,6 @@ driven through httpx's ASGI transport (pinning, guard after the first byte).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import httpx
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from tests.conftest import Stack, gateway_fixture
 from tests.support import (
     CLIENT_KEY,
     HELLO,
@@ -26,11 +26,9 @@ from tests.support import (
     chunk,
     eventually,
     gateway_yaml,
-    in_process_gateway,
     inline_secrets,
     loopback_connector,
     metric,
-    upstream_test_url,
 )
 from vte_proxy.accounting import Accounting
 from vte_proxy.config import ProviderConfig
@@ -56,17 +54,14 @@ def connector(provider: ProviderConfig) -> aiohttp.BaseConnector:
     return loopback_connector(provider)
 
 
-@pytest.fixture(scope="module")
-def app(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
-    config = gateway_yaml(upstream_test_url(module_upstream), BROKEN, server="max_concurrency: 1\n")
-    with in_process_gateway(tmp_path_factory.mktemp("middleware"), config, connector=connector) as gw:
-        yield gw
+stack = gateway_fixture(lambda url: gateway_yaml(url, BROKEN, server="max_concurrency: 1\n"), in_process=True,
+                        connector=connector)
 
 
 @pytest.fixture
-def gw(app: InProcessGateway, module_upstream: ScriptedUpstream) -> InProcessGateway:
-    module_upstream.reset()
-    return app
+def gw(s: Stack[ScriptedUpstream]) -> InProcessGateway:
+    gateway: InProcessGateway = s.gateway
+    return gateway
 
 
 def overloaded_total() -> float:
