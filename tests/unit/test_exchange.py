@@ -18,6 +18,7 @@ from tests.conftest import Stack, gateway_fixture
 from tests.support import (
     CLIENT_KEY,
     HELLO,
+    LIMITED_KEY,
     InProcessGateway,
     Reply,
     ScriptedUpstream,
@@ -94,7 +95,7 @@ def test_a_stream_is_recorded_once_with_its_time_to_first_token(gw: InProcessGat
 @pytest.mark.parametrize(("model", "key", "status", "code"), [
     ("up/gpt-4o", "sk-wrong", 401, "invalid_api_key"),
     ("nope/x", CLIENT_KEY, 404, "model_not_found"),
-    ("up/gpt-4o", "sk-limited-key-000", 403, "model_not_allowed"),
+    ("up/gpt-4o", LIMITED_KEY, 403, "model_not_allowed"),
 ])
 def test_an_error_before_the_first_byte_is_the_dialects_json(gw: InProcessGateway, model: str, key: str,
                                                               status: int, code: str) -> None:
