@@ -1,4 +1,6 @@
-"""Test support: a scripted OpenAI-compatible upstream and a real `vte-proxy serve` process.
+"""Test support: a scripted OpenAI-compatible upstream, a real `vte-proxy serve` process
+(tests/e2e), the gateway app in this process with an injected loopback connector (tests/unit,
+:func:`in_process_gateway`), and the keys and messages tests share.
 
 Both listen on loopback. The upstream runs uvicorn in a thread with its own event loop
 (:func:`serve_app_in_thread` does the same for any ASGI app), so
