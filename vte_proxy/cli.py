@@ -72,7 +72,33 @@ def check(path: str, allow_missing_env: bool = False) -> int:
             globs = [m for m in p.models if is_glob(m)]
             print(f"  ({p.name}: more models from discovery at run time, include {list(p.discover.include)}, "
                   f"exclude {list(p.discover.exclude)}" + (f", matching {globs}" if globs else "") + ")")
+    for line in limits_summary(config):
+        print(f"  {line}")
     return 0
+
+
+def _caps(limits: Any) -> str:
+    return ", ".join(f"{n} {getattr(limits, n)}" for n in ("rpm", "tpm", "concurrency")
+                     if getattr(limits, n) is not None)
+
+
+def limits_summary(config: Any) -> list[str]:
+    """The limits, budgets and prices of a config, one line each, for ``check``."""
+    lim = config.limits
+    store = lim.store + (f" (on_error {lim.redis.on_error}, timeout {lim.redis.timeout * 1000:g}ms)"
+                         if lim.store == "redis" else "")
+    lines = [f"limits: store {store}" + (f"; gateway {_caps(lim)}" if lim.given() else "")]
+    lines += [f"  model {r.model}: {_caps(r)}" for r in lim.rules]
+    lines += [f"  provider {p.name}: {_caps(p.limits)}" for p in config.providers if p.limits.given()]
+    for k in config.keys:
+        budget = f"budget {k.budget.usd:g} USD per {k.budget.period}" if k.budget else ""
+        parts = [x for x in (_caps(k.limits), budget) if x]
+        if parts:
+            lines.append(f"  key {k.name}: {'; '.join(parts)}")
+    for name, p in config.prices.items():
+        cached = f", cached_input {p.cached_input:g}" if p.cached_input is not None else ""
+        lines.append(f"price {name}: input {p.input:g}, output {p.output:g}{cached} USD per 1M tokens")
+    return lines
 
 
 def schema() -> int:

@@ -1,0 +1,306 @@
+"""The limits policy: which limits apply to a request, admitting it, settling it.
+
+The pipeline calls :meth:`Limiter.admit` before any provider call, with the key's name and
+the first target (exposed model, provider); it raises :class:`LimitExceeded` (429) or returns
+a :class:`Ticket`. Everything that applies (key, gateway, the target's model rule and
+provider, the key's budget) is checked and reserved in ONE store call. On fall-over to another
+target the pipeline calls :meth:`Ticket.attempt`; when the exchange ends (answered, failed,
+client gone) it calls :meth:`Ticket.settle` with the real usage, exactly once in effect.
+
+Scopes and their counters are named after config *names* (``k:team-a``, ``m:openai/gpt-4o``,
+``p:openai``, ``g``), so a reload keeps running windows (a changed limit applies to them at
+once) and never resets spend. Model rules and provider limits belong to the target that is
+being tried: a target whose model or provider is full raises a :class:`LimitExceeded` whose
+``target_scope`` is true, and the pipeline may try the next target instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+from vte_proxy.config import GatewayConfig, KeyConfig, LimitSet
+from vte_proxy.errors import GatewayError
+from vte_proxy.limits.estimate import Estimate
+from vte_proxy.limits.pricing import NANO, PriceBook, Usage
+from vte_proxy.limits.store import Check, Op, Store, StoreError, Verdict
+from vte_proxy.limits.windows import Window, budget_period, format_reset, minute_window, seconds_up
+
+log = logging.getLogger("vte_proxy.limits")
+
+# Retry-After of a request refused for concurrency: a slot frees when any request ends.
+CONCURRENCY_RETRY_MS = 1000
+_WORDS = {"requests": "requests per minute", "tokens": "tokens per minute", "concurrency": "concurrent requests"}
+
+
+def wall_ms() -> int:
+    """Milliseconds since the epoch: every replica cuts the same windows (clocks kept by NTP)."""
+    return time.time_ns() // 1_000_000
+
+
+class Observer(Protocol):
+    """Where the limiter reports what metrics count (the app passes one backed by metrics.py)."""
+
+    def refused(self, key: str, scope: str, kind: str) -> None: ...
+
+    def store_error(self, store: str) -> None: ...
+
+
+class _Quiet:
+    def refused(self, key: str, scope: str, kind: str) -> None:
+        return None
+
+    def store_error(self, store: str) -> None:
+        return None
+
+
+class LimitExceeded(GatewayError):
+    """429: ``code`` ``rate_limited`` (requests, tokens, concurrency) or ``budget_exceeded``."""
+
+    def __init__(self, scope: str, kind: str, message: str, retry_ms: int | None,
+                 headers: dict[str, str]) -> None:
+        if retry_ms is not None:
+            headers = {"retry-after": str(seconds_up(retry_ms)), **headers}
+        super().__init__(429, message, code="budget_exceeded" if kind == "budget" else "rate_limited",
+                         type_="rate_limit_error", headers=headers)
+        self.scope = scope
+        self.kind = kind
+
+    @property
+    def target_scope(self) -> bool:
+        """Refused by the target's model rule or provider: another target may still have room."""
+        return self.scope in ("model", "provider")
+
+
+def limit_headers(checks: Sequence[Check], used: Sequence[int]) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers for the tightest requests and tokens limits."""
+    headers: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        pairs = [(c, u) for c, u in zip(checks, used, strict=False) if c.kind == kind]
+        if pairs:
+            check, count = min(pairs, key=lambda p: (p[0].limit - p[1], p[0].ttl_ms))
+            headers[f"x-ratelimit-limit-{kind}"] = str(check.limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, check.limit - count))
+            headers[f"x-ratelimit-reset-{kind}"] = format_reset(check.ttl_ms)
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    model: str
+    provider: str
+
+
+class Limiter:
+    """The limits of one config over a store that outlives it (the app owns the store)."""
+
+    def __init__(self, config: GatewayConfig, store: Store, clock: Callable[[], int] = wall_ms,
+                 observer: Observer | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.observer: Observer = observer or _Quiet()
+        self.prices = PriceBook(config.prices)
+        self._keys = {k.name: k for k in config.keys}
+        self._providers = {p.name: p.limits for p in config.providers if p.limits.given()}
+        self._rules = config.limits.rules
+        self._rule_memo: dict[str, LimitSet | None] = {}
+        self._gateway: LimitSet = LimitSet(rpm=config.limits.rpm, tpm=config.limits.tpm,
+                                           concurrency=config.limits.concurrency)
+        self._lease_ms = int(config.limits.lease * 1000)
+        self._closed = config.limits.redis is not None and config.limits.redis.on_error == "closed"
+        self._idle = not (self._gateway.given() or self._rules or self._providers
+                          or any(k.limits.given() or k.budget for k in config.keys))
+
+    def rule(self, model: str) -> LimitSet | None:
+        """The first ``limits.rules`` entry whose name or glob matches the exposed model."""
+        if model not in self._rule_memo:
+            self._rule_memo[model] = next((r for r in self._rules if fnmatchcase(model, r.model)), None)
+        return self._rule_memo[model]
+
+    async def admit(self, key: str, model: str, provider: str, estimate: Estimate) -> Ticket:
+        """Check and reserve every limit that applies, in one store call; 429 when one is full."""
+        ticket = Ticket(self, key, estimate)
+        if self._idle:
+            return ticket
+        key_cfg = self._keys.get(key)
+        if key_cfg is not None and key_cfg.budget is not None and self.prices.price(model) is None:
+            raise GatewayError(403, f"model {model} has no price and key {key} has a budget",
+                               code="model_not_priced")
+        now = self.clock()
+        checks = [*self._key_checks(key_cfg, estimate, now), *self._target_checks(model, provider, estimate, now)]
+        await ticket.hold(checks, _Target(model, provider), now)
+        return ticket
+
+    def _key_checks(self, key: KeyConfig | None, estimate: Estimate, now: int) -> Iterator[Check]:
+        window = minute_window(now)
+        if key is not None:
+            yield from self._scope("key", f"k:{key.name}", key.limits, estimate, window)
+            budget = self.budget_check(key.name, now)
+            if budget is not None:
+                yield budget
+        yield from self._scope("gateway", "g", self._gateway, estimate, window)
+
+    def _target_checks(self, model: str, provider: str, estimate: Estimate, now: int) -> Iterator[Check]:
+        window = minute_window(now)
+        rule = self.rule(model)
+        if rule is not None:
+            yield from self._scope("model", f"m:{model}", rule, estimate, window)
+        limits = self._providers.get(provider)
+        if limits is not None:
+            yield from self._scope("provider", f"p:{provider}", limits, estimate, window)
+
+    def _scope(self, scope: str, name: str, limits: LimitSet, estimate: Estimate, window: Window) -> Iterator[Check]:
+        if limits.rpm is not None:
+            yield Check("requests", scope, f"r:{name}:{window.id}", limits.rpm, 1, window.reset_ms)
+        if limits.tpm is not None:
+            yield Check("tokens", scope, f"t:{name}:{window.id}", limits.tpm, estimate.total, window.reset_ms)
+        if limits.concurrency is not None:
+            yield Check("concurrency", scope, f"c:{name}", limits.concurrency, 1, self._lease_ms)
+
+    def refusal(self, key: str, check: Check, seen: int | None) -> LimitExceeded:
+        """The 429 for a check that did not pass (counted for vte_rate_limited_total)."""
+        self.observer.refused(key, check.scope, check.kind)
+        who = {"key": f"key {key}", "gateway": "the gateway"}.get(check.scope, f"{check.scope} {_owner(check)}")
+        if check.kind == "budget":
+            cfg = self._keys[key].budget
+            assert cfg is not None
+            period = "in total" if cfg.period == "total" else f"this {cfg.period}"
+            return LimitExceeded(check.scope, "budget", f"Budget of {who} ({cfg.usd:g} USD {period}) is used up.",
+                                 check.ttl_ms or None, {})
+        retry = CONCURRENCY_RETRY_MS if check.kind == "concurrency" else check.ttl_ms
+        headers = limit_headers([check], [check.limit]) if seen is not None else {}
+        return LimitExceeded(check.scope, check.kind, f"Rate limit reached for {who}: {_WORDS[check.kind]} "
+                             f"(limit {check.limit}). Retry after {seconds_up(retry)} s.", retry, headers)
+
+    def store_failed(self, exc: StoreError) -> None:
+        """``on_error``: ``open`` serves without limits (counted), ``closed`` answers 503."""
+        self.observer.store_error(self.store.label)
+        log.warning("limits store unavailable (%s); %s", exc, "refusing" if self._closed else "serving without limits")
+        if self._closed:
+            raise GatewayError(503, "The rate-limit store is unavailable; try again shortly.",
+                               code="limits_unavailable", headers={"retry-after": "1"})
+
+    def budget_check(self, key: str, now: int) -> Check | None:
+        """The key's budget in the period that holds ``now`` (``ttl_ms``: until it ends, 0 for total)."""
+        cfg = self._keys.get(key)
+        if cfg is None or cfg.budget is None:
+            return None
+        period = budget_period(now, cfg.budget.period)
+        return Check("budget", "key", f"s:{key}:{period.id}", round(cfg.budget.usd * NANO), 0, period.reset_ms or 0)
+
+    def key_checks(self, key: str, now: int) -> list[Check]:
+        """The key's own checks (limits, budget) as of ``now``: what the status page reads."""
+        return [c for c in self._key_checks(self._keys.get(key), Estimate(0, 0), now) if c.scope == "key"]
+
+
+def _owner(check: Check) -> str:
+    """The name inside a counter's name: ``r:m:openai/gpt-4o:123`` -> ``openai/gpt-4o``."""
+    inner = check.name.split(":", 2)[2]
+    return inner.rsplit(":", 1)[0] if check.kind in ("requests", "tokens") else inner
+
+
+class Ticket:
+    """One admitted request's reservations; settle it once when the exchange ends."""
+
+    def __init__(self, limiter: Limiter, key: str, estimate: Estimate) -> None:
+        self.limiter = limiter
+        self.key = key
+        self.estimate = estimate
+        self.id = os.urandom(8).hex()
+        self.checks: list[Check] = []
+        self.used: list[int] = []
+        self.target: _Target | None = None
+        self.settled = False
+
+    def headers(self) -> dict[str, str]:
+        """``x-ratelimit-*`` for the tightest requests and tokens limits that applied."""
+        return limit_headers(self.checks, self.used)
+
+    async def hold(self, checks: list[Check], target: _Target, now: int) -> None:
+        """Reserve ``checks`` in one store call, or raise the refusal of the first that is full."""
+        self.target = target
+        if not checks:
+            return
+        try:
+            verdict: Verdict = await self.limiter.store.reserve(checks, self.id, now)
+        except StoreError as exc:
+            self.limiter.store_failed(exc)
+            return
+        if not verdict.ok:
+            raise self.limiter.refusal(self.key, checks[verdict.failed], None)
+        self.checks.extend(checks)
+        self.used.extend(verdict.used)
+
+    async def attempt(self, model: str, provider: str) -> None:
+        """Fall-over to another target: reserve its model and provider limits, give back the
+        previous target's concurrency and tokens (its request stays counted: it was sent)."""
+        target = _Target(model, provider)
+        if target == self.target or self.settled:
+            return
+        now = self.limiter.clock()
+        previous = [(c, u) for c, u in zip(self.checks, self.used, strict=True) if c.scope in ("model", "provider")]
+        fresh = list(self.limiter._target_checks(model, provider, self.estimate, now))
+        self.checks = [c for c in self.checks if c.scope not in ("model", "provider")]
+        self.used = self.used[:len(self.checks)]
+        await self._apply(self._give_back([c for c, _ in previous], None, now), now)
+        await self.hold(fresh, target, now)
+
+    async def settle(self, usage: Usage | None) -> None:
+        """End of the exchange: tokens settled to ``usage`` (``None``: nothing was used, all
+        refunded), concurrency released, spend added to the key's budget. Runs once; never raises."""
+        if self.settled:
+            return
+        self.settled = True
+        now = self.limiter.clock()
+        ops = self._give_back(self.checks, usage, now)
+        spend = self._spend(usage, now)
+        if spend is not None:
+            ops.append(spend)
+        await self._apply(ops, now)
+
+    def cost_usd(self, usage: Usage) -> float:
+        """What ``usage`` costs on the current target's model (0 when unpriced)."""
+        model = self.target.model if self.target else ""
+        return self.limiter.prices.cost_nano(model, usage) / NANO
+
+    def _give_back(self, checks: Sequence[Check], usage: Usage | None, now: int) -> list[Op]:
+        ops: list[Op] = []
+        window = minute_window(now)
+        used = usage.total if usage is not None else 0
+        for check in checks:
+            if check.kind == "concurrency":
+                ops.append(Op("release", check.name, member=self.id))
+            elif check.kind == "tokens":
+                ops.extend(_token_settle(check, used - check.amount, window))
+        return ops
+
+    def _spend(self, usage: Usage | None, now: int) -> Op | None:
+        check = self.limiter.budget_check(self.key, now)
+        if check is None or usage is None or self.target is None:
+            return None
+        nano = self.limiter.prices.cost_nano(self.target.model, usage)
+        ttl = check.ttl_ms + 86_400_000 if check.ttl_ms else 0  # a day past the period, for the status page
+        return Op("spend", check.name, nano, ttl, self.target.model) if nano else None
+
+    async def _apply(self, ops: list[Op], now: int) -> None:
+        if not ops:
+            return
+        try:
+            await self.limiter.store.apply(ops, now)
+        except StoreError as exc:
+            self.limiter.observer.store_error(self.limiter.store.label)
+            log.warning("limits store unavailable at settle (%s): this request's usage is not counted", exc)
+
+
+def _token_settle(check: Check, delta: int, window: Window) -> list[Op]:
+    """Correct a token reservation by ``delta``: in its own window while it runs; once that
+    window is over, only an excess is carried into the current one (a refund has nowhere to go)."""
+    prefix, _, window_id = check.name.rpartition(":")
+    if int(window_id) == window.id:
+        return [Op("add", check.name, delta, window.reset_ms)] if delta else []
+    return [Op("add", f"{prefix}:{window.id}", delta, window.reset_ms)] if delta > 0 else []
