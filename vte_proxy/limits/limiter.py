@@ -162,10 +162,10 @@ class Limiter:
         if limits.concurrency is not None:
             yield Check("concurrency", scope, f"c:{name}", limits.concurrency, 1, self._lease_ms)
 
-    def refusal(self, key: str, check: Check, seen: int | None) -> LimitExceeded:
+    def refusal(self, key: str, check: Check) -> LimitExceeded:
         """The 429 for a check that did not pass (counted for vte_rate_limited_total)."""
         self.observer.refused(key, check.scope, check.kind)
-        who = {"key": f"key {key}", "gateway": "the gateway"}.get(check.scope, f"{check.scope} {_owner(check)}")
+        who = {"key": f"key {key}", "gateway": "the gateway"}.get(check.scope) or f"{check.scope} {_owner(check)}"
         if check.kind == "budget":
             cfg = self._keys[key].budget
             assert cfg is not None
@@ -173,7 +173,7 @@ class Limiter:
             return LimitExceeded(check.scope, "budget", f"Budget of {who} ({cfg.usd:g} USD {period}) is used up.",
                                  check.ttl_ms or None, {})
         retry = CONCURRENCY_RETRY_MS if check.kind == "concurrency" else check.ttl_ms
-        headers = limit_headers([check], [check.limit]) if seen is not None else {}
+        headers = limit_headers([check], [check.limit])
         return LimitExceeded(check.scope, check.kind, f"Rate limit reached for {who}: {_WORDS[check.kind]} "
                              f"(limit {check.limit}). Retry after {seconds_up(retry)} s.", retry, headers)
 
@@ -232,7 +232,7 @@ class Ticket:
             self.limiter.store_failed(exc)
             return
         if not verdict.ok:
-            raise self.limiter.refusal(self.key, checks[verdict.failed], None)
+            raise self.limiter.refusal(self.key, checks[verdict.failed])
         self.checks.extend(checks)
         self.used.extend(verdict.used)
 
