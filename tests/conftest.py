@@ -9,6 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.redis_server import redis_server  # noqa: F401 - a fixture for the limits tests
 from tests.support import CLIENT_KEY, GatewayProcess, ScriptedUpstream, gateway_yaml, running_gateway
 
 
