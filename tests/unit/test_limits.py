@@ -161,12 +161,20 @@ class Seen:
     def __init__(self) -> None:
         self.refusals: list[tuple[str, str, str]] = []
         self.errors: list[str] = []
+        self.spend: list[tuple[str, str, str, float]] = []
+        self.budgets: list[tuple[str, float]] = []
 
     def refused(self, key: str, scope: str, kind: str) -> None:
         self.refusals.append((key, scope, kind))
 
     def store_error(self, store: str) -> None:
         self.errors.append(store)
+
+    def spent(self, key: str, model: str, provider: str, usd: float) -> None:
+        self.spend.append((key, model, provider, usd))
+
+    def budget(self, key: str, usd: float) -> None:
+        self.budgets.append((key, usd))
 
 
 def limiter(cfg: GatewayConfig, store: Any = None, clock: Clock | None = None, seen: Seen | None = None) -> Limiter:
@@ -402,3 +410,24 @@ def test_memory_store_sweeps_what_expired() -> None:
     asyncio.run(store.apply([Op("spend", "s:k:d", 5, 100, "m")], 0))
     store.sweep(2000)
     assert (store._counters, store._leases, store._spend) == ({}, {}, {})
+
+
+async def test_spend_reported_for_metrics_and_usage_for_the_status_page() -> None:
+    seen, clock = Seen(), Clock()
+    cfg = config(key={"limits": {"rpm": 10, "concurrency": 4}, "budget": {"usd": 2, "period": "month"}},
+                 prices={"demo/*": {"input": 1, "output": 2}, "spare/*": {"input": 0, "output": 0}})
+    lim = limiter(cfg, clock=clock, seen=seen)
+    t = await lim.admit("team-a", "demo/echo2", "demo", SMALL)
+    await t.settle(Usage(500_000, 250_000))
+    held = await lim.admit("team-a", "demo/echo", "demo", SMALL)
+    assert seen.spend == [("team-a", "demo/echo2", "demo", 1.0)] and seen.budgets == [("team-a", 1.0)]
+    assert await lim.key_usage("team-a") == {
+        "requests": {"limit": 10, "used": 2, "resets_in": "30s"},
+        "concurrency": {"limit": 4, "used": 1},
+        "budget": {"usd": 2, "spent_usd": 1.0, "period": "month", "resets_in": "709h59m30s"}}
+    assert await lim.key_usage("other") == {}
+    await held.settle(None)
+    idle = limiter(config(prices={"*": {"input": 1, "output": 1}}), BrokenStore(), seen=seen)
+    t = await idle.admit("other", "spare/echo", "spare", SMALL)
+    await t.settle(Usage(1_000_000, 0))  # priced without any limit: counted, no store call
+    assert seen.spend[-1] == ("other", "spare/echo", "spare", 1.0) and seen.errors == []

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Protocol
+from typing import Any, Protocol
 
 from vte_proxy.config import GatewayConfig, KeyConfig, LimitSet
 from vte_proxy.errors import GatewayError
@@ -44,11 +44,19 @@ def wall_ms() -> int:
 
 
 class Observer(Protocol):
-    """Where the limiter reports what metrics count (the app passes one backed by metrics.py)."""
+    """Where the limiter reports what metrics count (:class:`~vte_proxy.limits.observe.LimitMetrics`)."""
 
-    def refused(self, key: str, scope: str, kind: str) -> None: ...
+    def refused(self, key: str, scope: str, kind: str) -> None:
+        """A request refused with 429 (vte_rate_limited_total)."""
 
-    def store_error(self, store: str) -> None: ...
+    def store_error(self, store: str) -> None:
+        """A store call failed (vte_limits_store_errors_total)."""
+
+    def spent(self, key: str, model: str, provider: str, usd: float) -> None:
+        """One exchange's priced usage (vte_cost_usd_total)."""
+
+    def budget(self, key: str, usd: float) -> None:
+        """A budgeted key's spend in its current period, as the store counts it (vte_budget_spent_usd)."""
 
 
 class _Quiet:
@@ -56,6 +64,12 @@ class _Quiet:
         return None
 
     def store_error(self, store: str) -> None:
+        return None
+
+    def spent(self, key: str, model: str, provider: str, usd: float) -> None:
+        return None
+
+    def budget(self, key: str, usd: float) -> None:
         return None
 
 
@@ -125,7 +139,8 @@ class Limiter:
     async def admit(self, key: str, model: str, provider: str, estimate: Estimate) -> Ticket:
         """Check and reserve every limit that applies, in one store call; 429 when one is full."""
         ticket = Ticket(self, key, estimate)
-        if self._idle:
+        ticket.target = _Target(model, provider)
+        if self._idle:  # nothing limited: no store call; the settle still prices the usage
             return ticket
         key_cfg = self._keys.get(key)
         if key_cfg is not None and key_cfg.budget is not None and self.prices.price(model) is None:
@@ -192,6 +207,29 @@ class Limiter:
             return None
         period = budget_period(now, cfg.budget.period)
         return Check("budget", "key", f"s:{key}:{period.id}", round(cfg.budget.usd * NANO), 0, period.reset_ms or 0)
+
+    async def key_usage(self, key: str) -> dict[str, Any]:
+        """The key's own limits and budget against their current use, for the status page:
+        ``{"requests": {"limit", "used", "resets_in"}, "tokens": ..., "concurrency": {"limit",
+        "used"}, "budget": {"usd", "spent_usd", "period", "resets_in"}}`` (only what is set)."""
+        now = self.clock()
+        checks = self.key_checks(key, now)
+        if not checks:
+            return {}
+        try:
+            counts = await self.store.read(checks, now)
+        except StoreError:
+            self.observer.store_error(self.store.label)
+            return {"error": "the limits store is unavailable"}
+        return {c.kind: self._usage_row(key, c, n) for c, n in zip(checks, counts, strict=True)}
+
+    def _usage_row(self, key: str, check: Check, count: int) -> dict[str, Any]:
+        resets = {"resets_in": format_reset(check.ttl_ms)} if check.kind != "concurrency" and check.ttl_ms else {}
+        if check.kind != "budget":
+            return {"limit": check.limit, "used": count, **resets}
+        budget = self._keys[key].budget
+        assert budget is not None
+        return {"usd": budget.usd, "spent_usd": round(count / NANO, 9), "period": budget.period, **resets}
 
     def key_checks(self, key: str, now: int) -> list[Check]:
         """The key's own checks (limits, budget) as of ``now``: what the status page reads."""
@@ -261,7 +299,9 @@ class Ticket:
         spend = self._spend(usage, now)
         if spend is not None:
             ops.append(spend)
-        await self._apply(ops, now)
+        total = await self._apply(ops, now)
+        if total is not None:
+            self.limiter.observer.budget(self.key, total / NANO)
 
     def cost_usd(self, usage: Usage) -> float:
         """What ``usage`` costs on the current target's model (0 when unpriced)."""
@@ -280,21 +320,26 @@ class Ticket:
         return ops
 
     def _spend(self, usage: Usage | None, now: int) -> Op | None:
-        check = self.limiter.budget_check(self.key, now)
-        if check is None or usage is None or self.target is None:
+        if usage is None or self.target is None:
             return None
         nano = self.limiter.prices.cost_nano(self.target.model, usage)
+        if nano:
+            self.limiter.observer.spent(self.key, self.target.model, self.target.provider, nano / NANO)
+        check = self.limiter.budget_check(self.key, now)
+        if check is None:
+            return None
         ttl = check.ttl_ms + 86_400_000 if check.ttl_ms else 0  # a day past the period, for the status page
         return Op("spend", check.name, nano, ttl, self.target.model) if nano else None
 
-    async def _apply(self, ops: list[Op], now: int) -> None:
+    async def _apply(self, ops: list[Op], now: int) -> int | None:
         if not ops:
-            return
+            return None
         try:
-            await self.limiter.store.apply(ops, now)
+            return await self.limiter.store.apply(ops, now)
         except StoreError as exc:
             self.limiter.observer.store_error(self.limiter.store.label)
             log.warning("limits store unavailable at settle (%s): this request's usage is not counted", exc)
+            return None
 
 
 def _token_settle(check: Check, delta: int, window: Window) -> list[Op]:

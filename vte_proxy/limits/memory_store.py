@@ -48,15 +48,17 @@ class MemoryStore:
             seen.append(current)
         return Verdict(True, tuple(self._take(c, cur, lease, now_ms) for c, cur in zip(checks, seen, strict=True)))
 
-    async def apply(self, ops: Sequence[Op], now_ms: int) -> None:
+    async def apply(self, ops: Sequence[Op], now_ms: int) -> int | None:
         self._tick(now_ms)
+        spent = None
         for op in ops:
             if op.kind == "add":
                 self._add(op, now_ms)
             elif op.kind == "release":
                 self._leases.get(op.name, {}).pop(op.member, None)
             else:
-                self._add_spend(op, now_ms)
+                spent = self._add_spend(op, now_ms)
+        return spent
 
     async def read(self, checks: Sequence[Check], now_ms: int) -> list[int]:
         return [self._current(c, now_ms) for c in checks]
@@ -99,13 +101,14 @@ class MemoryStore:
         self._counters[op.name] = _Counter((counter.value if alive and counter else 0) + op.value,
                                            now_ms + op.ttl_ms)
 
-    def _add_spend(self, op: Op, now_ms: int) -> None:
+    def _add_spend(self, op: Op, now_ms: int) -> int:
         spend = self._spend.get(op.name)
         if spend is None or not _alive(spend.expires, now_ms):
             spend = self._spend[op.name] = _Spend()
         for name in ("total", op.member):
             spend.fields[name] = spend.fields.get(name, 0) + op.value
         spend.expires = now_ms + op.ttl_ms if op.ttl_ms else 0
+        return spend.fields["total"]
 
     def _tick(self, now_ms: int) -> None:
         self._ops += 1

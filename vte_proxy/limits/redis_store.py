@@ -71,7 +71,9 @@ return used
 """
 
 # KEYS[i]: the key of op i. ARGV per op: kind (a|r|s), value, ttl (ms), member.
+# Returns the spend total after the last spend op, or -1 when there was none.
 APPLY = """
+local spent = -1
 for i = 1, #KEYS do
   local b = (i - 1) * 4
   local kind, value, ttl, member = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), ARGV[b + 4]
@@ -79,7 +81,7 @@ for i = 1, #KEYS do
   if kind == 'r' then
     redis.call('ZREM', k, member)
   elseif kind == 's' then
-    redis.call('HINCRBY', k, 'total', value)
+    spent = redis.call('HINCRBY', k, 'total', value)
     redis.call('HINCRBY', k, member, value)
     if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
   elseif value < 0 then
@@ -91,7 +93,7 @@ for i = 1, #KEYS do
     redis.call('PEXPIRE', k, ttl)
   end
 end
-return #KEYS
+return spent
 """
 
 
@@ -121,13 +123,14 @@ class RedisStore:
             return Verdict(True, tuple(int(v) for v in reply[1:]))
         return Verdict(False, tuple(int(v) for v in reply[2:]), int(reply[1]))
 
-    async def apply(self, ops: Sequence[Op], now_ms: int) -> None:
+    async def apply(self, ops: Sequence[Op], now_ms: int) -> int | None:
         if not ops:
-            return
+            return None
         args: list[Any] = []
         for op in ops:
             args += [_OP[op.kind], op.value, op.ttl_ms, op.member]
-        await self._call(self._apply, [self.prefix + op.name for op in ops], args)
+        spent = int(await self._call(self._apply, [self.prefix + op.name for op in ops], args))
+        return spent if spent >= 0 else None
 
     async def read(self, checks: Sequence[Check], now_ms: int) -> list[int]:
         async def run() -> list[Any]:

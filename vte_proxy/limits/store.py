@@ -80,8 +80,9 @@ class Store(Protocol):
         """Check every limit and reserve them all, or none, atomically (one round trip)."""
         ...
 
-    async def apply(self, ops: Sequence[Op], now_ms: int) -> None:
-        """Apply the ops of one settle atomically (one round trip)."""
+    async def apply(self, ops: Sequence[Op], now_ms: int) -> int | None:
+        """Apply the ops of one settle atomically (one round trip); the spend total after a
+        ``spend`` op (nano-USD), else ``None``."""
         ...
 
     async def read(self, checks: Sequence[Check], now_ms: int) -> list[int]:
