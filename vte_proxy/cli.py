@@ -87,14 +87,15 @@ def limits_summary(config: Any) -> list[str]:
     lim = config.limits
     store = lim.store + (f" (on_error {lim.redis.on_error}, timeout {lim.redis.timeout * 1000:g}ms)"
                          if lim.store == "redis" else "")
-    lines = [f"limits: store {store}" + (f"; gateway {_caps(lim)}" if lim.given() else "")]
-    lines += [f"  model {r.model}: {_caps(r)}" for r in lim.rules]
+    lines = [f"  model {r.model}: {_caps(r)}" for r in lim.rules]
     lines += [f"  provider {p.name}: {_caps(p.limits)}" for p in config.providers if p.limits.given()]
     for k in config.keys:
         budget = f"budget {k.budget.usd:g} USD per {k.budget.period}" if k.budget else ""
         parts = [x for x in (_caps(k.limits), budget) if x]
         if parts:
             lines.append(f"  key {k.name}: {'; '.join(parts)}")
+    if lines or lim.given() or lim.store != "memory":
+        lines.insert(0, f"limits: store {store}" + (f"; gateway {_caps(lim)}" if lim.given() else ""))
     for name, p in config.prices.items():
         cached = f", cached_input {p.cached_input:g}" if p.cached_input is not None else ""
         lines.append(f"price {name}: input {p.input:g}, output {p.output:g}{cached} USD per 1M tokens")

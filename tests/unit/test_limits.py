@@ -431,3 +431,28 @@ async def test_spend_reported_for_metrics_and_usage_for_the_status_page() -> Non
     t = await idle.admit("other", "spare/echo", "spare", SMALL)
     await t.settle(Usage(1_000_000, 0))  # priced without any limit: counted, no store call
     assert seen.spend[-1] == ("other", "spare/echo", "spare", 1.0) and seen.errors == []
+
+
+def test_check_prints_limits_budgets_and_prices(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from vte_proxy.cli import check
+
+    cfg = {"version": 1, "keys": [{"name": "team-a", "key": "sk-a", "limits": {"rpm": 600, "concurrency": 20},
+                                   "budget": {"usd": 500, "period": "month"}}],
+           "providers": [{"name": "demo", "type": "echo", "prefix": "demo", "models": ["echo"],
+                          "limits": {"tpm": 2000000}}],
+           "prices": {"demo/*": {"input": 2.5, "output": 10, "cached_input": 1.25}},
+           "limits": {"rpm": 10000, "rules": [{"model": "demo/echo", "rpm": 100}], "store": "redis",
+                      "redis": {"url": "redis://127.0.0.1:1/0", "on_error": "closed", "timeout": "50ms"}}}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert check(str(path)) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "  limits: store redis (on_error closed, timeout 50ms); gateway rpm 10000",
+        "    model demo/echo: rpm 100",
+        "    provider demo: tpm 2000000",
+        "    key team-a: rpm 600, concurrency 20; budget 500 USD per month",
+        "  price demo/*: input 2.5, output 10, cached_input 1.25 USD per 1M tokens"]
+    del cfg["prices"]
+    path.write_text(yaml.safe_dump(cfg))
+    assert check(str(path)) == 1
+    assert "keys[0].budget (line 2): a budget needs prices" in capsys.readouterr().err
