@@ -91,8 +91,8 @@ def _caps(limits: LimitSet) -> str:
 def limits_summary(config: GatewayConfig) -> list[str]:
     """The limits, budgets and prices of a config, one line each, for ``check``."""
     lim = config.limits
-    r = lim.redis
-    store = lim.store + (f" (on_error {r.on_error}, timeout {r.timeout * 1000:g}ms)" if lim.store == "redis" and r else "")
+    redis = lim.redis if lim.store == "redis" else None
+    store = lim.store + (f" (on_error {redis.on_error}, timeout {redis.timeout * 1000:g}ms)" if redis else "")
     lines = [f"  model {r.model}: {_caps(r)}" for r in lim.rules]
     lines += [f"  provider {p.name}: {_caps(p.limits)}" for p in config.providers if p.limits.given()]
     for k in config.keys:
