@@ -188,7 +188,7 @@ async def admits(lim: Limiter, n: int, key: str = "team-a", model: str = "demo/e
 
 async def _try(lim: Limiter, key: str, model: str, provider: str) -> Any:
     try:
-        return await lim.admit(key, model, provider, SMALL)
+        return await lim.admit(key, [(model, provider)], SMALL)
     except LimitExceeded as exc:
         return exc
 
@@ -219,7 +219,7 @@ async def test_concurrent_admits_on_one_loop_are_exact() -> None:
 async def test_a_refusal_reserves_nothing_anywhere() -> None:
     store = MemoryStore()
     lim = limiter(config(key={"limits": {"rpm": 5}}, limits={"concurrency": 1}), store)
-    held = await lim.admit("team-a", "demo/echo", "demo", SMALL)
+    held = await lim.admit("team-a", [("demo/echo", "demo")], SMALL)
     refused = await _try(lim, "team-a", "demo/echo", "demo")
     assert isinstance(refused, LimitExceeded) and (refused.scope, refused.kind) == ("gateway", "concurrency")
     assert refused.headers["retry-after"] == "1"
@@ -238,7 +238,7 @@ async def _settled(lim: Limiter) -> Any:
 async def test_tokens_reserved_at_start_and_settled_to_real_usage() -> None:
     clock = Clock()
     lim = limiter(config(key={"limits": {"tpm": 1000}}), clock=clock)
-    big = await lim.admit("team-a", "demo/echo", "demo", Estimate(100, 800))
+    big = await lim.admit("team-a", [("demo/echo", "demo")], Estimate(100, 800))
     assert big.headers()["x-ratelimit-remaining-tokens"] == "100"
     assert isinstance(await _try_est(lim, Estimate(50, 100)), LimitExceeded)  # 900 held + 150 > 1000
     await big.settle(Usage(100, 20))  # only 120 used: 780 come back
@@ -255,7 +255,7 @@ async def test_tokens_reserved_at_start_and_settled_to_real_usage() -> None:
 
 async def _try_est(lim: Limiter, est: Estimate) -> Any:
     try:
-        return await lim.admit("team-a", "demo/echo", "demo", est)
+        return await lim.admit("team-a", [("demo/echo", "demo")], est)
     except LimitExceeded as exc:
         return exc
 
@@ -264,9 +264,9 @@ async def test_a_failed_exchange_refunds_its_tokens_and_a_late_settle_charges_th
     clock = Clock()
     store = MemoryStore()
     lim = limiter(config(key={"limits": {"tpm": 1000}}), store, clock)
-    failed = await lim.admit("team-a", "demo/echo", "demo", Estimate(0, 900))
+    failed = await lim.admit("team-a", [("demo/echo", "demo")], Estimate(0, 900))
     await failed.settle(None)
-    late = await lim.admit("team-a", "demo/echo", "demo", Estimate(0, 1000))
+    late = await lim.admit("team-a", [("demo/echo", "demo")], Estimate(0, 1000))
     clock.now += 60_000  # settles in the next window: only the excess is carried over
     await late.settle(Usage(0, 1200))
     check = lim.key_checks("team-a", clock.now)[0]
@@ -294,7 +294,7 @@ async def test_budget_stops_a_key_until_the_period_rolls_over() -> None:
     clock = Clock()
     lim = limiter(config(**BUDGET), clock=clock)
     for _ in range(2):  # 2 x 600 tokens at 1 USD per 1M = 0.0012 USD > 0.001
-        t = await lim.admit("team-a", "demo/echo", "demo", SMALL)
+        t = await lim.admit("team-a", [("demo/echo", "demo")], SMALL)
         await t.settle(Usage(300, 300))
     refused = await _try(lim, "team-a", "demo/echo", "demo")
     assert isinstance(refused, LimitExceeded) and (refused.code, refused.kind) == ("budget_exceeded", "budget")
@@ -309,7 +309,7 @@ async def test_spend_is_kept_per_key_and_model_and_total_never_rolls_over() -> N
     lim = limiter(config(key={"budget": {"usd": 1, "period": "total"}}, prices={"*": {"input": 1, "output": 3}}),
                   store, clock)
     for model in ("demo/echo", "demo/echo2", "demo/echo"):
-        t = await lim.admit("team-a", model, "demo", SMALL)
+        t = await lim.admit("team-a", [(model, "demo")], SMALL)
         assert t.cost_usd(Usage(1000, 1000)) == pytest.approx(0.004)
         await t.settle(Usage(1000, 1000))
     assert await store.spend_by_model("s:team-a:total") == {"demo/echo": 8_000_000, "demo/echo2": 4_000_000}
@@ -322,7 +322,7 @@ async def test_unpriced_model_refused_to_a_budgeted_key() -> None:
     lim = limiter(config(key={"budget": {"usd": 1}}, prices={"demo/*": {"input": 1, "output": 1},
                                                             "spare/*": {"input": 1, "output": 1}}))
     with pytest.raises(GatewayError) as err:
-        await lim.admit("team-a", "discovered/model", "demo", SMALL)
+        await lim.admit("team-a", [("discovered/model", "demo")], SMALL)
     assert (err.value.status, err.value.code) == (403, "model_not_priced")
 
 
@@ -344,7 +344,7 @@ async def test_model_rules_and_provider_limits_belong_to_the_target() -> None:
     assert isinstance(refused, LimitExceeded) and refused.scope == "model" and refused.target_scope
     assert "model demo/echo" in refused.message
     await admits(lim, 1, model="demo/echo2")  # each model has its own counter under one rule
-    t = await lim.admit("team-a", "spare/echo", "spare", SMALL)
+    t = await lim.admit("team-a", [("spare/echo", "spare")], SMALL)
     await t.attempt("spare/echo", "spare")  # the same target: nothing changes
     await admits(lim, 1, model="demo/other")  # the provider's third
     with pytest.raises(LimitExceeded) as err:
@@ -354,7 +354,7 @@ async def test_model_rules_and_provider_limits_belong_to_the_target() -> None:
 
 async def test_fall_over_gives_back_the_previous_targets_concurrency() -> None:
     lim = limiter(config(provider={"limits": {"concurrency": 1}}))
-    t = await lim.admit("team-a", "demo/echo", "demo", SMALL)
+    t = await lim.admit("team-a", [("demo/echo", "demo")], SMALL)
     assert isinstance(await _try(lim, "other", "demo/echo", "demo"), LimitExceeded)
     await t.attempt("spare/echo", "spare")
     assert not isinstance(await _try(lim, "other", "demo/echo", "demo"), LimitExceeded)
@@ -362,7 +362,7 @@ async def test_fall_over_gives_back_the_previous_targets_concurrency() -> None:
 
 async def test_headers_name_the_tightest_limit() -> None:
     lim = limiter(config(key={"limits": {"rpm": 100, "tpm": 10_000}}, limits={"rpm": 3, "tpm": 1_000_000}))
-    t = await lim.admit("team-a", "demo/echo", "demo", Estimate(5, 5))
+    t = await lim.admit("team-a", [("demo/echo", "demo")], Estimate(5, 5))
     assert t.headers() == {"x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "2",
                            "x-ratelimit-reset-requests": "30s", "x-ratelimit-limit-tokens": "10000",
                            "x-ratelimit-remaining-tokens": "9990", "x-ratelimit-reset-tokens": "30s"}
@@ -370,7 +370,7 @@ async def test_headers_name_the_tightest_limit() -> None:
 
 async def test_no_limits_configured_never_touches_the_store() -> None:
     lim = limiter(config(), BrokenStore())
-    t = await lim.admit("team-a", "demo/echo", "demo", SMALL)
+    t = await lim.admit("team-a", [("demo/echo", "demo")], SMALL)
     await t.settle(Usage(1, 1))
     assert t.headers() == {}
 
@@ -392,12 +392,12 @@ async def test_store_down_serves_open_or_refuses_closed(on_error: str) -> None:
                                                                                  "on_error": on_error}})
     lim = limiter(cfg, BrokenStore(), seen=seen)
     if on_error == "open":
-        tickets = [await lim.admit("team-a", "demo/echo", "demo", SMALL) for _ in range(3)]
+        tickets = [await lim.admit("team-a", [("demo/echo", "demo")], SMALL) for _ in range(3)]
         await tickets[0].settle(Usage(1, 1))
         assert seen.errors == ["broken"] * 3  # nothing was held, so the settle has nothing to send
     else:
         with pytest.raises(GatewayError) as err:
-            await lim.admit("team-a", "demo/echo", "demo", SMALL)
+            await lim.admit("team-a", [("demo/echo", "demo")], SMALL)
         assert (err.value.status, err.value.code, err.value.headers) == (503, "limits_unavailable",
                                                                          {"retry-after": "1"})
         assert seen.errors == ["broken"]
@@ -417,9 +417,9 @@ async def test_spend_reported_for_metrics_and_usage_for_the_status_page() -> Non
     cfg = config(key={"limits": {"rpm": 10, "concurrency": 4}, "budget": {"usd": 2, "period": "month"}},
                  prices={"demo/*": {"input": 1, "output": 2}, "spare/*": {"input": 0, "output": 0}})
     lim = limiter(cfg, clock=clock, seen=seen)
-    t = await lim.admit("team-a", "demo/echo2", "demo", SMALL)
+    t = await lim.admit("team-a", [("demo/echo2", "demo")], SMALL)
     await t.settle(Usage(500_000, 250_000))
-    held = await lim.admit("team-a", "demo/echo", "demo", SMALL)
+    held = await lim.admit("team-a", [("demo/echo", "demo")], SMALL)
     assert seen.spend == [("team-a", "demo/echo2", "demo", 1.0)] and seen.budgets == [("team-a", 1.0)]
     assert await lim.key_usage("team-a") == {
         "requests": {"limit": 10, "used": 2, "resets_in": "30s"},
@@ -428,7 +428,7 @@ async def test_spend_reported_for_metrics_and_usage_for_the_status_page() -> Non
     assert await lim.key_usage("other") == {}
     await held.settle(None)
     idle = limiter(config(prices={"*": {"input": 1, "output": 1}}), BrokenStore(), seen=seen)
-    t = await idle.admit("other", "spare/echo", "spare", SMALL)
+    t = await idle.admit("other", [("spare/echo", "spare")], SMALL)
     await t.settle(Usage(1_000_000, 0))  # priced without any limit: counted, no store call
     assert seen.spend[-1] == ("other", "spare/echo", "spare", 1.0) and seen.errors == []
 

@@ -46,7 +46,7 @@ def redis_cfg(server: RedisServer, on_error: str = "open", **extra: Any) -> Any:
 
 async def outcome(lim: Limiter, key: str = "team-a") -> bool:
     try:
-        ticket = await lim.admit(key, "demo/echo", "demo", SMALL)
+        ticket = await lim.admit(key, [("demo/echo", "demo")], SMALL)
     except LimitExceeded:
         return False
     await ticket.settle(Usage(5, 5))
@@ -66,21 +66,21 @@ async def test_concurrency_is_shared_and_released(redis_server: RedisServer,
                                                   stores: Callable[..., RedisStore]) -> None:
     cfg = redis_cfg(redis_server, key={"limits": {"concurrency": 5}})
     a, b = Limiter(cfg, stores(), Clock()), Limiter(cfg, stores(), Clock())
-    held = [await (a if i % 2 else b).admit("team-a", "demo/echo", "demo", SMALL) for i in range(5)]
+    held = [await (a if i % 2 else b).admit("team-a", [("demo/echo", "demo")], SMALL) for i in range(5)]
     with pytest.raises(LimitExceeded):
-        await a.admit("team-a", "demo/echo", "demo", SMALL)
+        await a.admit("team-a", [("demo/echo", "demo")], SMALL)
     await held[0].settle(None)
-    await b.admit("team-a", "demo/echo", "demo", SMALL)
+    await b.admit("team-a", [("demo/echo", "demo")], SMALL)
 
 
 async def test_tokens_settle_across_instances(redis_server: RedisServer, stores: Callable[..., RedisStore]) -> None:
     cfg = redis_cfg(redis_server, key={"limits": {"tpm": 100}})
     clock = Clock()
     a, b = Limiter(cfg, stores(), clock), Limiter(cfg, stores(), clock)
-    t = await a.admit("team-a", "demo/echo", "demo", SMALL)
+    t = await a.admit("team-a", [("demo/echo", "demo")], SMALL)
     await t.settle(Usage(60, 30))
     with pytest.raises(LimitExceeded) as err:
-        await b.admit("team-a", "demo/echo", "demo", SMALL)
+        await b.admit("team-a", [("demo/echo", "demo")], SMALL)
     assert err.value.kind == "tokens" and err.value.headers["x-ratelimit-limit-tokens"] == "100"
 
 
@@ -90,12 +90,12 @@ async def test_budget_rolls_over_and_spend_survives_a_gateway_restart(
     clock = Clock()
     first = Limiter(cfg, stores(), clock)
     for _ in range(2):
-        t = await first.admit("team-a", "demo/echo", "demo", SMALL)
+        t = await first.admit("team-a", [("demo/echo", "demo")], SMALL)
         await t.settle(Usage(300, 300))
     await first.store.aclose()
     restarted = Limiter(cfg, stores(), clock)  # a new process: nothing in memory, spend in Redis
     with pytest.raises(LimitExceeded) as err:
-        await restarted.admit("team-a", "demo/echo", "demo", SMALL)
+        await restarted.admit("team-a", [("demo/echo", "demo")], SMALL)
     assert err.value.code == "budget_exceeded"
     clock.now += int(err.value.headers["retry-after"]) * 1000
     assert await outcome(restarted)
@@ -106,7 +106,7 @@ async def test_keys_are_prefixed_and_expire(redis_server: RedisServer, stores: C
                                        "budget": {"usd": 1, "period": "total"}},
                     prices={"*": {"input": 1, "output": 1}}, limits={"rpm": 100})
     lim = Limiter(cfg, stores("team:"), Clock())
-    held = await lim.admit("team-a", "demo/echo", "demo", SMALL)
+    held = await lim.admit("team-a", [("demo/echo", "demo")], SMALL)
     await outcome(lim)
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     try:

@@ -136,8 +136,25 @@ class Limiter:
             self._rule_memo[model] = next((r for r in self._rules if fnmatchcase(model, r.model)), None)
         return self._rule_memo[model]
 
-    async def admit(self, key: str, model: str, provider: str, estimate: Estimate) -> Ticket:
-        """Check and reserve every limit that applies, in one store call; 429 when one is full."""
+    async def admit(self, key: str, targets: Sequence[tuple[str, str]], estimate: Estimate) -> Ticket:
+        """Check and reserve every limit that applies to the first of ``targets`` (exposed
+        model, provider) that has room, in one store call each (one in the common case); the
+        429 of the last target when none has room, or at once when the key or gateway is full."""
+        for i, (model, provider) in enumerate(targets):
+            try:
+                return await self._admit(key, model, provider, estimate)
+            except LimitExceeded as exc:
+                if not exc.target_scope or i == len(targets) - 1:
+                    raise self.counted(key, exc) from None
+        raise GatewayError(503, "no target to admit the request to", code="no_target")
+
+    def counted(self, key: str, exc: LimitExceeded) -> LimitExceeded:
+        """``exc``, counted in vte_rate_limited_total: call it for the refusal the client gets
+        (a target skipped for one with room is not a refused request)."""
+        self.observer.refused(key, exc.scope, exc.kind)
+        return exc
+
+    async def _admit(self, key: str, model: str, provider: str, estimate: Estimate) -> Ticket:
         ticket = Ticket(self, key, estimate)
         ticket.target = _Target(model, provider)
         if self._idle:  # nothing limited: no store call; the settle still prices the usage
@@ -178,8 +195,7 @@ class Limiter:
             yield Check("concurrency", scope, f"c:{name}", limits.concurrency, 1, self._lease_ms)
 
     def refusal(self, key: str, check: Check) -> LimitExceeded:
-        """The 429 for a check that did not pass (counted for vte_rate_limited_total)."""
-        self.observer.refused(key, check.scope, check.kind)
+        """The 429 for a check that did not pass (not counted yet: see :meth:`counted`)."""
         who = {"key": f"key {key}", "gateway": "the gateway"}.get(check.scope) or f"{check.scope} {_owner(check)}"
         if check.kind == "budget":
             cfg = self._keys[key].budget
@@ -243,7 +259,11 @@ def _owner(check: Check) -> str:
 
 
 class Ticket:
-    """One admitted request's reservations; settle it once when the exchange ends."""
+    """One admitted request's reservations; settle it once when the exchange ends.
+
+    Its ``target`` is the one admitted; :meth:`attempt` moves it (fall-over) and raises an
+    uncounted :class:`LimitExceeded` when the new target is full (the caller counts the one it
+    answers with, through :meth:`Limiter.counted`)."""
 
     def __init__(self, limiter: Limiter, key: str, estimate: Estimate) -> None:
         self.limiter = limiter
@@ -302,6 +322,10 @@ class Ticket:
         total = await self._apply(ops, now)
         if total is not None:
             self.limiter.observer.budget(self.key, total / NANO)
+
+    def estimated_usage(self) -> Usage:
+        """The reservation as usage: what an answer that reported none is charged."""
+        return Usage(self.estimate.prompt, self.estimate.completion)
 
     def cost_usd(self, usage: Usage) -> float:
         """What ``usage`` costs on the current target's model (0 when unpriced)."""
