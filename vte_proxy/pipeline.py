@@ -118,7 +118,9 @@ async def call_targets(state: GatewayState, entry: Entry, request: Request,
     """
     failed: UpstreamError | None = None
     full: LimitExceeded | None = None
-    for target in entry.targets:
+    # Targets before the admitted one had no room when the request was admitted.
+    first = next((i for i, t in enumerate(entry.targets) if ticket.holds(t.exposed, t.provider)), 0)
+    for target in entry.targets[first:]:
         try:
             await ticket.attempt(target.exposed, target.provider)
         except LimitExceeded as exc:

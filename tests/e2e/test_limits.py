@@ -207,7 +207,8 @@ def test_redis_stopped_and_started_again(tmp_path: Path, upstream: ScriptedUpstr
             assert down[0].json()["error"]["code"] == "limits_unavailable" and down[0].headers["retry-after"] == "1"
         assert metric(gw, "vte_limits_store_errors_total", store="redis") >= 1
         redis_server.start()  # an empty Redis (no persistence here): limits apply again
-        wait_for(lambda: chat(gw).status_code == 200)
+        # counted again once a request carries the limit's headers (open mode served without them)
+        wait_for(lambda: chat(gw).headers.get("x-ratelimit-limit-requests") == "2")
         away_from_minute_edge(3)
         statuses = [chat(gw).status_code for _ in range(3)]
         assert statuses.count(429) >= 1 and 503 not in statuses
@@ -227,3 +228,75 @@ def test_memory_store_limits_one_process_and_headers_on_answers(tmp_path: Path, 
         assert refused.status_code == 429 and "model up/gpt-4o-mini" in refused.json()["error"]["message"]
         assert chat(gw).headers["x-ratelimit-limit-requests"] == "1000"  # another model, the gateway's limit
         assert metric(gw, "vte_rate_limited_total", key="team", scope="model", kind="requests") == 1
+
+
+def test_workers_share_the_redis_store(tmp_path: Path, upstream: ScriptedUpstream, redis_server: RedisServer) -> None:
+    n = 9
+    path = tmp_path / "gateway.yaml"
+    path.write_text(limits_yaml(upstream.url, redis_server, team=f"limits: {{rpm: {n}}}"))
+    gw = GatewayProcess(path, workers=2).start()
+    try:
+        away_from_minute_edge()
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda _: chat(gw).status_code, range(3 * n)))
+    finally:
+        gw.stop()
+    assert statuses.count(200) == n and statuses.count(429) == 2 * n
+
+
+def test_a_route_skips_a_full_provider_and_refuses_once_when_none_has_room(
+        tmp_path: Path, upstream: ScriptedUpstream) -> None:
+    text = textwrap.dedent(f"""\
+        version: 1
+        keys:
+          - {{name: team, key: "${{TEST_CLIENT_KEY}}"}}
+        providers:
+          - {{name: up, type: openai, base_url: "{upstream.url}", api_key: "${{TEST_UPSTREAM_KEY}}", prefix: up,
+             models: [gpt-4o], limits: {{rpm: 1}}}}
+          - {{name: demo, type: echo, prefix: demo, models: [echo]}}
+        routes:
+          - {{name: smart, targets: [up/gpt-4o, demo/echo]}}
+        limits:
+          rules:
+            - {{model: demo/echo, rpm: 1}}
+        """)
+    away_from_minute_edge()
+    with gateways(tmp_path, text) as (gw,):
+        assert chat(gw, "smart").json()["model"] == "smart"
+        assert len(upstream.requests) == 1
+        second = chat(gw, "smart")
+        assert second.status_code == 200 and len(upstream.requests) == 1  # up is full: echo answered
+        assert metric(gw, "vte_rate_limited_total", key="team") == 0  # a skipped target is no refusal
+        third = chat(gw, "smart")
+        assert third.status_code == 429 and third.json()["error"]["code"] == "rate_limited"
+        assert metric(gw, "vte_rate_limited_total", key="team") == 1
+
+
+def test_client_disconnect_and_upstream_failure_give_back_what_was_held(
+        tmp_path: Path, upstream: ScriptedUpstream) -> None:
+    text = limits_yaml(upstream.url, None, team="limits: {concurrency: 1, tpm: 5000}")
+    away_from_minute_edge()
+    with gateways(tmp_path, text) as (gw,):
+        upstream.push(Stream([chunk("gpt-4o", {"content": "x"})] * 100, delay=0.2))  # 20 s if read to the end
+        with chat_stream(gw) as r:
+            assert r.status_code == 200
+            next(r.iter_raw())
+        started = time.monotonic()
+        wait_for(lambda: chat(gw).status_code == 200, timeout=10)
+        assert time.monotonic() - started < 10  # the slot came back when the client left, not at the stream's end
+        upstream.push(Reply({"error": {"message": "boom", "type": "server_error"}}, status=500))
+        assert chat(gw, max_tokens=4000).status_code == 500  # reserved ~4000 tokens, used none
+        assert chat(gw, max_tokens=4000).status_code == 200  # refunded, and the slot is free
+        used = admin_status(gw)["team"]["limits"]
+        assert used["concurrency"]["used"] == 0 and used["tokens"]["used"] < 5000
+
+
+def test_a_reload_keeps_the_counters_and_applies_a_changed_limit(tmp_path: Path, upstream: ScriptedUpstream) -> None:
+    text = limits_yaml(upstream.url, None, team="limits: {rpm: 4}")
+    away_from_minute_edge(20)
+    with gateways(tmp_path, text) as (gw,):
+        assert [chat(gw).status_code for _ in range(3)] == [200] * 3
+        (tmp_path / "gateway.yaml").write_text(text.replace("rpm: 4", "rpm: 3"))
+        wait_for(lambda: admin_status(gw)["team"]["limits"]["requests"]["limit"] == 3)
+        assert admin_status(gw)["team"]["limits"]["requests"]["used"] == 3
+        assert chat(gw).status_code == 429

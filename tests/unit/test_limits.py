@@ -456,3 +456,20 @@ def test_check_prints_limits_budgets_and_prices(tmp_path: Any, capsys: pytest.Ca
     path.write_text(yaml.safe_dump(cfg))
     assert check(str(path)) == 1
     assert "keys[0].budget (line 2): a budget needs prices" in capsys.readouterr().err
+
+
+async def test_admit_takes_the_first_target_with_room_and_counts_only_the_final_refusal() -> None:
+    seen = Seen()
+    lim = limiter(config(provider={"limits": {"rpm": 1}}, limits={"rules": [{"model": "spare/*", "rpm": 1}]}),
+                  seen=seen)
+    both = [("demo/echo", "demo"), ("spare/echo", "spare")]
+    first = await lim.admit("team-a", both, SMALL)
+    assert first.holds("demo/echo", "demo")
+    second = await lim.admit("team-a", both, SMALL)
+    assert second.holds("spare/echo", "spare") and not second.holds("demo/echo", "demo")
+    assert seen.refusals == []
+    with pytest.raises(LimitExceeded) as err:
+        await lim.admit("team-a", both, SMALL)
+    assert err.value.scope == "model" and seen.refusals == [("team-a", "model", "requests")]
+    with pytest.raises(GatewayError, match="no target"):
+        await lim.admit("team-a", [], SMALL)

@@ -269,7 +269,7 @@ class Ticket:
         self.limiter = limiter
         self.key = key
         self.estimate = estimate
-        self.id = os.urandom(8).hex()
+        self.id = ""  # the lease id, drawn when something is reserved (not on the unlimited path)
         self.checks: list[Check] = []
         self.used: list[int] = []
         self.target: _Target | None = None
@@ -280,19 +280,26 @@ class Ticket:
         return limit_headers(self.checks, self.used)
 
     async def hold(self, checks: list[Check], target: _Target, now: int) -> None:
-        """Reserve ``checks`` in one store call, or raise the refusal of the first that is full."""
+        """Reserve ``checks`` in one store call and move to ``target``, or raise the refusal of
+        the first check that is full (the ticket then holds no target until the next success)."""
+        self.target = None
+        if checks:
+            self.id = self.id or os.urandom(8).hex()
+            try:
+                verdict: Verdict = await self.limiter.store.reserve(checks, self.id, now)
+            except StoreError as exc:
+                self.limiter.store_failed(exc)
+                verdict = Verdict(True, ())
+                checks = []
+            if not verdict.ok:
+                raise self.limiter.refusal(self.key, checks[verdict.failed])
+            self.checks.extend(checks)
+            self.used.extend(verdict.used)
         self.target = target
-        if not checks:
-            return
-        try:
-            verdict: Verdict = await self.limiter.store.reserve(checks, self.id, now)
-        except StoreError as exc:
-            self.limiter.store_failed(exc)
-            return
-        if not verdict.ok:
-            raise self.limiter.refusal(self.key, checks[verdict.failed])
-        self.checks.extend(checks)
-        self.used.extend(verdict.used)
+
+    def holds(self, model: str, provider: str) -> bool:
+        """Whether the ticket's reservations are for this target (the one admitted, or moved to)."""
+        return self.target == _Target(model, provider)
 
     async def attempt(self, model: str, provider: str) -> None:
         """Fall-over to another target: reserve its model and provider limits, give back the
