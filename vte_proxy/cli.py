@@ -119,6 +119,18 @@ def schema() -> int:
     return 0
 
 
+def _warn_memory_store(settings: Settings, config: GatewayConfig) -> None:
+    """Each worker has its own memory store: its limits multiply by the number of workers."""
+    from vte_proxy.limits.limiter import limits_in_use
+
+    if settings.workers > 1 and config.limits.store == "memory" and limits_in_use(config):
+        import logging
+
+        logging.getLogger("vte_proxy.limits").warning(
+            "limits.store is memory with %d workers: each worker counts on its own, so every limit and budget "
+            "is multiplied by %d; use store: redis", settings.workers, settings.workers)
+
+
 def serve(settings: Settings) -> int:
     """Run the gateway until it is stopped (SIGTERM drains in-flight requests first)."""
     from vte_proxy.logs import setup_logging
@@ -128,6 +140,7 @@ def serve(settings: Settings) -> int:
     if loaded is None:
         return 1
     _prepare_multiprocess_metrics(settings)
+    _warn_memory_store(settings, loaded.config)
     import uvicorn
 
     options = _uvicorn_options(settings, loaded.config.server)

@@ -43,6 +43,12 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def limits_in_use(config: GatewayConfig) -> bool:
+    """Whether anything is limited or budgeted (if not, requests never touch the store)."""
+    return bool(config.limits.given() or config.limits.rules or any(p.limits.given() for p in config.providers)
+                or any(k.limits.given() or k.budget for k in config.keys))
+
+
 class Observer(Protocol):
     """Where the limiter reports what metrics count (:class:`~vte_proxy.limits.observe.LimitMetrics`)."""
 
@@ -127,8 +133,7 @@ class Limiter:
                                            concurrency=config.limits.concurrency)
         self._lease_ms = int(config.limits.lease * 1000)
         self._closed = config.limits.redis is not None and config.limits.redis.on_error == "closed"
-        self._idle = not (self._gateway.given() or self._rules or self._providers
-                          or any(k.limits.given() or k.budget for k in config.keys))
+        self._idle = not limits_in_use(config)
 
     def rule(self, model: str) -> LimitSet | None:
         """The first ``limits.rules`` entry whose name or glob matches the exposed model."""
