@@ -9,8 +9,7 @@ from the body's size (about 4 bytes of JSON per token; images inflate it, and it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 BYTES_PER_TOKEN = 4
 # A request that names no output cap holds this many output tokens until it settles.
@@ -20,8 +19,7 @@ PROMPT_CAP = 32_768
 _CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
+class Estimate(NamedTuple):
     """Tokens held at start: ``prompt`` (guessed) + ``completion`` (the request's cap)."""
 
     prompt: int

@@ -16,23 +16,26 @@ being tried: a target whose model or provider is full raises a :class:`LimitExce
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from vte_proxy.config import GatewayConfig, KeyConfig, LimitSet
 from vte_proxy.errors import GatewayError
 from vte_proxy.limits.estimate import Estimate
 from vte_proxy.limits.pricing import NANO, PriceBook, Usage
-from vte_proxy.limits.store import Check, Op, Store, StoreError, Verdict
+from vte_proxy.limits.store import Check, Kind, Op, Store, StoreError, Verdict
 from vte_proxy.limits.windows import Window, budget_period, format_reset, minute_window, seconds_up
 
 log = logging.getLogger("vte_proxy.limits")
 
+# Lease ids: unique across processes and replicas (a random prefix per process), cheap per request.
+_LEASES = os.urandom(6).hex() + ":"
+_lease_numbers = itertools.count()
 # Retry-After of a request refused for concurrency: a slot frees when any request ends.
 CONCURRENCY_RETRY_MS = 1000
 _WORDS = {"requests": "requests per minute", "tokens": "tokens per minute", "concurrency": "concurrent requests"}
@@ -99,21 +102,43 @@ class LimitExceeded(GatewayError):
 
 def limit_headers(checks: Sequence[Check], used: Sequence[int]) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers for the tightest requests and tokens limits."""
+    tightest: dict[str, tuple[int, int, Check]] = {}
+    for check, count in zip(checks, used, strict=False):
+        kind = check.kind
+        if kind == "requests" or kind == "tokens":
+            left = max(0, check.limit - count)
+            best = tightest.get(kind)
+            if best is None or (left, check.ttl_ms) < best[:2]:
+                tightest[kind] = (left, check.ttl_ms, check)
     headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        pairs = [(c, u) for c, u in zip(checks, used, strict=False) if c.kind == kind]
-        if pairs:
-            check, count = min(pairs, key=lambda p: (p[0].limit - p[1], p[0].ttl_ms))
-            headers[f"x-ratelimit-limit-{kind}"] = str(check.limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, check.limit - count))
-            headers[f"x-ratelimit-reset-{kind}"] = format_reset(check.ttl_ms)
+    for which, (left, ttl, check) in tightest.items():
+        headers[f"x-ratelimit-limit-{which}"] = str(check.limit)
+        headers[f"x-ratelimit-remaining-{which}"] = str(left)
+        headers[f"x-ratelimit-reset-{which}"] = format_reset(ttl)
     return headers
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
+class _Target(NamedTuple):
     model: str
     provider: str
+
+
+# One limit of one scope, ready to become a Check: kind, scope, counter name (a window's id is
+# appended for requests and tokens), limit.
+_Spec = tuple[Kind, str, str, int]
+
+
+def _specs(scope: str, name: str, limits: LimitSet | None) -> list[_Spec]:
+    if limits is None:
+        return []
+    out: list[_Spec] = []
+    if limits.rpm is not None:
+        out.append(("requests", scope, f"r:{name}:", limits.rpm))
+    if limits.tpm is not None:
+        out.append(("tokens", scope, f"t:{name}:", limits.tpm))
+    if limits.concurrency is not None:
+        out.append(("concurrency", scope, f"c:{name}", limits.concurrency))
+    return out
 
 
 class Limiter:
@@ -129,6 +154,8 @@ class Limiter:
         self._providers = {p.name: p.limits for p in config.providers if p.limits.given()}
         self._rules = config.limits.rules
         self._rule_memo: dict[str, LimitSet | None] = {}
+        # Per key and target, the limits that apply (memoised: the hot path only builds Checks).
+        self._all_specs: dict[tuple[str, str, str], list[_Spec]] = {}
         self._gateway: LimitSet = LimitSet(rpm=config.limits.rpm, tpm=config.limits.tpm,
                                            concurrency=config.limits.concurrency)
         self._lease_ms = int(config.limits.lease * 1000)
@@ -161,7 +188,7 @@ class Limiter:
 
     async def _admit(self, key: str, model: str, provider: str, estimate: Estimate) -> Ticket:
         ticket = Ticket(self, key, estimate)
-        ticket.target = _Target(model, provider)
+        ticket.target = target = _Target(model, provider)
         if self._idle:  # nothing limited: no store call; the settle still prices the usage
             return ticket
         key_cfg = self._keys.get(key)
@@ -169,35 +196,45 @@ class Limiter:
             raise GatewayError(403, f"model {model} has no price and key {key} has a budget",
                                code="model_not_priced")
         now = self.clock()
-        checks = [*self._key_checks(key_cfg, estimate, now), *self._target_checks(model, provider, estimate, now)]
-        await ticket.hold(checks, _Target(model, provider), now)
+        specs = self._all_specs.get((key, model, provider))
+        if specs is None:
+            specs = self._all_specs[(key, model, provider)] = self._key_specs_of(key_cfg) + self._target_specs_of(
+                model, provider)
+        checks = self._build(specs, estimate, now)
+        budget = self.budget_check(key, now) if key_cfg is not None and key_cfg.budget is not None else None
+        if budget is not None:
+            checks.append(budget)
+        await ticket.hold(checks, target, now)
         return ticket
 
-    def _key_checks(self, key: KeyConfig | None, estimate: Estimate, now: int) -> Iterator[Check]:
-        window = minute_window(now)
-        if key is not None:
-            yield from self._scope("key", f"k:{key.name}", key.limits, estimate, window)
-            budget = self.budget_check(key.name, now)
-            if budget is not None:
-                yield budget
-        yield from self._scope("gateway", "g", self._gateway, estimate, window)
+    def _key_specs_of(self, key: KeyConfig | None) -> list[_Spec]:
+        return [*(_specs("key", f"k:{key.name}", key.limits) if key else []), *_specs("gateway", "g", self._gateway)]
 
-    def _target_checks(self, model: str, provider: str, estimate: Estimate, now: int) -> Iterator[Check]:
-        window = minute_window(now)
-        rule = self.rule(model)
-        if rule is not None:
-            yield from self._scope("model", f"m:{model}", rule, estimate, window)
-        limits = self._providers.get(provider)
-        if limits is not None:
-            yield from self._scope("provider", f"p:{provider}", limits, estimate, window)
+    def _target_specs_of(self, model: str, provider: str) -> list[_Spec]:
+        return [*_specs("model", f"m:{model}", self.rule(model)), *_specs("provider", f"p:{provider}",
+                                                                          self._providers.get(provider))]
 
-    def _scope(self, scope: str, name: str, limits: LimitSet, estimate: Estimate, window: Window) -> Iterator[Check]:
-        if limits.rpm is not None:
-            yield Check("requests", scope, f"r:{name}:{window.id}", limits.rpm, 1, window.reset_ms)
-        if limits.tpm is not None:
-            yield Check("tokens", scope, f"t:{name}:{window.id}", limits.tpm, estimate.total, window.reset_ms)
-        if limits.concurrency is not None:
-            yield Check("concurrency", scope, f"c:{name}", limits.concurrency, 1, self._lease_ms)
+    def _key_checks(self, key: KeyConfig | None, estimate: Estimate, now: int) -> list[Check]:
+        checks = self._build(self._key_specs_of(key), estimate, now)
+        budget = self.budget_check(key.name, now) if key is not None else None
+        return [*checks, budget] if budget is not None else checks
+
+    def _target_checks(self, model: str, provider: str, estimate: Estimate, now: int) -> list[Check]:
+        return self._build(self._target_specs_of(model, provider), estimate, now)
+
+    def _build(self, specs: list[_Spec], estimate: Estimate, now: int) -> list[Check]:
+        if not specs:
+            return []
+        window = minute_window(now)
+        wid = str(window.id)
+        out = []
+        for kind, scope, name, limit in specs:
+            if kind == "concurrency":
+                out.append(Check("concurrency", scope, name, limit, 1, self._lease_ms))
+            else:
+                amount = 1 if kind == "requests" else estimate.total
+                out.append(Check(kind, scope, name + wid, limit, amount, window.reset_ms))
+        return out
 
     def refusal(self, key: str, check: Check) -> LimitExceeded:
         """The 429 for a check that did not pass (not counted yet: see :meth:`counted`)."""
@@ -289,7 +326,7 @@ class Ticket:
         the first check that is full (the ticket then holds no target until the next success)."""
         self.target = None
         if checks:
-            self.id = self.id or os.urandom(8).hex()
+            self.id = self.id or f"{_LEASES}{next(_lease_numbers)}"
             try:
                 verdict: Verdict = await self.limiter.store.reserve(checks, self.id, now)
             except StoreError as exc:
@@ -326,6 +363,8 @@ class Ticket:
         if self.settled:
             return
         self.settled = True
+        if not (self.checks or self.limiter.prices):  # nothing held, nothing priced
+            return
         now = self.limiter.clock()
         ops = self._give_back(self.checks, usage, now)
         spend = self._spend(usage, now)
@@ -346,13 +385,12 @@ class Ticket:
 
     def _give_back(self, checks: Sequence[Check], usage: Usage | None, now: int) -> list[Op]:
         ops: list[Op] = []
-        window = minute_window(now)
         used = usage.total if usage is not None else 0
         for check in checks:
             if check.kind == "concurrency":
                 ops.append(Op("release", check.name, member=self.id))
             elif check.kind == "tokens":
-                ops.extend(_token_settle(check, used - check.amount, window))
+                ops.extend(_token_settle(check, used - check.amount, minute_window(now)))
         return ops
 
     def _spend(self, usage: Usage | None, now: int) -> Op | None:

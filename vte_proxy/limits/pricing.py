@@ -7,9 +7,8 @@ Spend is counted in integer nano-USD (1e-9 USD) so that both stores add exactly 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 from vte_proxy.config import GatewayConfig, Price
 from vte_proxy.routing import RoutingTable, is_glob
@@ -19,8 +18,7 @@ NANO = 1_000_000_000
 _PER_TOKEN = NANO / 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     """Tokens one exchange used; ``cached`` is the part of ``prompt`` served from the cache."""
 
     prompt: int = 0

@@ -9,15 +9,13 @@ identity), so a reload keeps every running window and all spend.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 Kind = Literal["requests", "tokens", "concurrency", "budget"]
 OpKind = Literal["add", "release", "spend"]
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(NamedTuple):
     """One limit to check and reserve.
 
     ``requests``/``tokens``: the counter ``name`` (one per window) may grow by ``amount`` up to
@@ -37,8 +35,7 @@ class Check:
     ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """``ok``: every check passed and is reserved; ``used[i]`` is check i's count after it.
     Otherwise ``failed`` is the index of the first check that did not pass (``used`` then
     holds the counts seen up to it) and nothing was changed."""
@@ -48,8 +45,7 @@ class Verdict:
     failed: int = -1
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
+class Op(NamedTuple):
     """A change when an exchange ends.
 
     ``add``: counter ``name`` += ``value`` (a negative value, a refund, only touches a counter

@@ -6,8 +6,8 @@ every replica, cut the same windows from the same clock reading.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -15,8 +15,7 @@ DAY_MS = 86_400_000
 PERIODS = ("day", "week", "month", "total")
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
+class Window(NamedTuple):
     """One window: its id (part of the counter's name) and the milliseconds until it ends."""
 
     id: int
@@ -29,8 +28,7 @@ def minute_window(now_ms: int, size_ms: int = MINUTE_MS) -> Window:
     return Window(index, (index + 1) * size_ms - now_ms)
 
 
-@dataclass(frozen=True, slots=True)
-class Period:
+class Period(NamedTuple):
     """A budget period: its id (``2026-12-02``, ``2026-W49``, ``2026-12``, ``total``) and the
     milliseconds until it ends (``None`` for ``total``)."""
 
