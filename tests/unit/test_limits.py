@@ -473,3 +473,18 @@ async def test_admit_takes_the_first_target_with_room_and_counts_only_the_final_
     assert err.value.scope == "model" and seen.refusals == [("team-a", "model", "requests")]
     with pytest.raises(GatewayError, match="no target"):
         await lim.admit("team-a", [], SMALL)
+
+
+@given(st.integers(min_value=1, max_value=6), st.lists(st.integers(min_value=0, max_value=4 * MINUTE_MS), max_size=40))
+def test_rpm_admits_min_of_limit_and_attempts_in_every_window(n: int, offsets: list[int]) -> None:
+    clock = Clock(T0)
+    lim = limiter(config(key={"limits": {"rpm": n}}), clock=clock)
+    admitted: dict[int, int] = {}
+    attempts: dict[int, int] = {}
+    for offset in sorted(offsets):
+        clock.now = T0 + offset
+        window = clock.now // MINUTE_MS
+        attempts[window] = attempts.get(window, 0) + 1
+        if not isinstance(asyncio.run(_try(lim, "team-a", "demo/echo", "demo")), LimitExceeded):
+            admitted[window] = admitted.get(window, 0) + 1
+    assert {w: admitted.get(w, 0) for w in attempts} == {w: min(n, a) for w, a in attempts.items()}

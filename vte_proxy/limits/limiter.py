@@ -87,8 +87,8 @@ class LimitExceeded(GatewayError):
 
     def __init__(self, scope: str, kind: str, message: str, retry_ms: int | None,
                  headers: dict[str, str]) -> None:
-        if retry_ms is not None:
-            headers = {"retry-after": str(seconds_up(retry_ms)), **headers}
+        if retry_ms is not None:  # the openai SDKs prefer the exact retry-after-ms
+            headers = {"retry-after": str(seconds_up(retry_ms)), "retry-after-ms": str(retry_ms), **headers}
         super().__init__(429, message, code="budget_exceeded" if kind == "budget" else "rate_limited",
                          type_="rate_limit_error", headers=headers)
         self.scope = scope
