@@ -112,10 +112,15 @@ def limit_headers(checks: Sequence[Check], used: Sequence[int]) -> dict[str, str
                 tightest[kind] = (left, check.ttl_ms, check)
     headers: dict[str, str] = {}
     for which, (left, ttl, check) in tightest.items():
-        headers[f"x-ratelimit-limit-{which}"] = str(check.limit)
-        headers[f"x-ratelimit-remaining-{which}"] = str(left)
-        headers[f"x-ratelimit-reset-{which}"] = format_reset(ttl)
+        limit, remaining, reset = _HEADER_NAMES[which]
+        headers[limit] = str(check.limit)
+        headers[remaining] = str(left)
+        headers[reset] = format_reset(ttl)
     return headers
+
+
+_HEADER_NAMES = {kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
+                 for kind in ("requests", "tokens")}
 
 
 class _Target(NamedTuple):

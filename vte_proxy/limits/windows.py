@@ -69,6 +69,8 @@ def format_reset(ms: int) -> str:
     """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``1s``, ``6m0s``, ``1h2m3s``."""
     if ms < 1000:
         return f"{max(ms, 0)}ms"
+    if ms < MINUTE_MS:  # the common case (a minute window): 6 significant digits hold every ms
+        return f"{ms / 1000:g}s"
     seconds = ms / 1000
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
