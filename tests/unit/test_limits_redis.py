@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from tests.redis_server import RedisServer
 from tests.unit.test_limits import BUDGET, SMALL, Clock, Seen, config
 from vte_proxy.errors import GatewayError
-from vte_proxy.limits import Limiter, LimitExceeded, Usage
+from vte_proxy.limits import Limiter, LimitExceeded, Stores, Usage
 from vte_proxy.limits.memory_store import MemoryStore
 from vte_proxy.limits.redis_store import RedisStore
 from vte_proxy.limits.store import Check, Op
@@ -177,3 +177,14 @@ async def test_redis_and_memory_stores_agree(stores: Callable[..., RedisStore]) 
     probe = [Check(k, "key", n, 1, 0, 1) for k, n in zip(kinds, names, strict=True)]
     assert await memory.read(probe, now) == await redis.read(probe, now)
     assert await memory.spend_by_model("s:a:d") == await redis.spend_by_model("s:a:d")
+
+
+async def test_stores_keep_one_store_per_setting_across_reloads(redis_server: RedisServer) -> None:
+    stores = Stores()
+    first = redis_cfg(redis_server).limits
+    same = redis_cfg(redis_server, key={"limits": {"rpm": 1}}).limits
+    other = config(limits={"store": "redis", "redis": {"url": redis_server.url, "prefix": "other:"}}).limits
+    assert stores.get(first) is stores.get(same) is not stores.get(other)
+    assert stores.get(config().limits) is stores.memory
+    assert isinstance(stores.get(first), RedisStore)
+    await stores.aclose()
