@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("redis_server")
 def limits_yaml(upstream: str, redis: RedisServer | None, team: str = "", top: str = "", on_error: str = "open") -> str:
     """Key ``team`` (with ``team`` added to its entry, e.g. ``limits: {rpm: 2}``), a status key,
     a scripted ``up`` provider, prices, and the store (``redis`` when given)."""
-    store = (f"  store: redis\n  redis: {{url: \"{redis.url}\", on_error: {on_error}, timeout: 500ms}}\n"
+    store = (f"  store: redis\n  redis: {{url: \"{redis.url}\", on_error: {on_error}, timeout: 2s}}\n"
              if redis else "  store: memory\n")
     return textwrap.dedent(f"""\
         version: 1
