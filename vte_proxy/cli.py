@@ -1,4 +1,4 @@
-"""The command line: ``vte-proxy serve | check | schema``."""
+"""The command line: ``vte-proxy serve | check | schema | probe``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--allow-missing-env", action="store_true",
                        help="warn about unset ${VAR}s instead of failing (CI without the secrets)")
     sub.add_parser("schema", help="print the JSON Schema of gateway.yaml")
+    probe = sub.add_parser("probe", help="test the connection to providers (every key of a pool): a models list "
+                           "and a one-token chat; exit 1 if any failed")
+    probe.add_argument("--config", help="gateway.yaml (env VTE_CONFIG; default ./gateway.yaml)")
+    probe.add_argument("targets", nargs="*", metavar="PROVIDER[/MODEL]",
+                       help="providers to probe (default: all), optionally the model to chat with")
     return ap
 
 
@@ -39,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.path, args.allow_missing_env)
     if args.command == "schema":
         return schema()
+    if args.command == "probe":
+        return probe(args.config or Settings().config, args.targets)
     overrides = {k: v for k, v in vars(args).items() if k in ("config", "host", "port", "workers") and v is not None}
     return serve(Settings(**overrides))
 
@@ -84,6 +91,30 @@ def schema() -> int:
     doc["title"] = "vte-proxy gateway.yaml"
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
+
+
+def probe(path: str, targets: list[str]) -> int:
+    """Call each selected provider with every upstream key; 0 when every check passed."""
+    import asyncio
+
+    from vte_proxy.probe import ProbeError, report
+    from vte_proxy.probe import probe as run_probe
+
+    try:
+        config = load_config(path).config
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.issues)} error(s)", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    try:
+        checks = asyncio.run(run_probe(config, targets))
+    except ProbeError as exc:
+        print(f"vte-proxy probe: {exc}", file=sys.stderr)
+        return 1
+    for line in report(checks):
+        print(line)
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def serve(settings: Settings) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from vte_proxy.config import GatewayConfig, ProviderConfig
+from vte_proxy.config import Breaker, GatewayConfig, ProviderConfig, Strategy
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +30,18 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """What an exposed name resolves to; ``route`` is true for a fall-over route."""
+    """What an exposed name resolves to; ``route`` is true for a fall-over route.
+
+    A route's ``strategy`` orders its targets per request (:mod:`vte_proxy.balancing`);
+    ``weights`` has one weight per target; ``breaker`` guards each target.
+    """
 
     name: str
     targets: tuple[Target, ...]
     route: bool = False
+    strategy: Strategy = "fallback"
+    weights: tuple[float, ...] = ()
+    breaker: Breaker | None = None
 
 
 class RoutingError(Exception):
@@ -131,7 +138,9 @@ def build_routing(config: GatewayConfig, discovered: Mapping[str, tuple[str, ...
         if claims[route.name][0] != f"routes[{ri}].name":
             continue  # a duplicate, reported above
         targets: list[Target] = []
-        for ti, t in enumerate(route.targets):
+        weights: list[float] = []
+        for ti, rt in enumerate(route.targets):
+            t = rt.model
             entry = entries.get(t)
             if entry is None or entry.route:
                 # A discovered model may appear later; only flag what can never resolve.
@@ -141,7 +150,9 @@ def build_routing(config: GatewayConfig, discovered: Mapping[str, tuple[str, ...
                     problems.append((f"routes[{ri}].targets[{ti}]", f"{t!r} is not an exposed model"))
                 continue
             targets.extend(entry.targets)
-        entries[route.name] = Entry(route.name, tuple(targets), route=True)
+            weights.extend(rt.weight for _ in entry.targets)
+        entries[route.name] = Entry(route.name, tuple(targets), route=True, strategy=route.strategy,
+                                    weights=tuple(weights), breaker=route.breaker)
     if problems:
         raise RoutingError(problems)
     return RoutingTable(entries, counts, tuple(conflicts))

@@ -203,7 +203,7 @@ class Gateway:
         for p in config.providers:
             old = next((o for o in current.config.providers if o.name == p.name), None)
             if (old and p.discover.enabled and old.base_url == p.base_url and old.api_key == p.api_key
-                    and p.name in current.discovered):
+                    and old.api_keys == p.api_keys and old.proxy == p.proxy and p.name in current.discovered):
                 out[p.name] = current.discovered[p.name]
         return out
 

@@ -39,11 +39,30 @@ def default_connector(provider: ProviderConfig) -> aiohttp.BaseConnector:
 
 
 def provider_secrets(provider: ProviderConfig) -> list[str]:
-    """Everything in a provider's config that may be a credential: its key and header values."""
+    """Everything in a provider's config that may be a credential: its keys (one or a pool),
+    header values and the outbound proxy's URL and password."""
     secrets = [v for v in provider.headers.values() if len(v) >= 8]
     if provider.api_key:
         secrets.append(provider.api_key.get_secret_value())
+    secrets.extend(k.key.get_secret_value() for k in provider.api_keys or ())
+    if provider.proxy is not None:
+        url = URL(provider.proxy.get_secret_value())
+        secrets.append(str(url))
+        if url.password:
+            secrets.append(url.password)
     return secrets
+
+
+def outbound_proxy(provider: ProviderConfig) -> tuple[URL | None, dict[str, str] | None]:
+    """The provider's proxy URL without credentials, and the Proxy-Authorization header that
+    carries them (aiohttp would otherwise keep them in the URL, which exception texts show)."""
+    if provider.proxy is None:
+        return None, None
+    url = URL(provider.proxy.get_secret_value())
+    if url.user is None:
+        return url, None
+    auth = aiohttp.BasicAuth(url.user, url.password or "")
+    return url.with_user(None), {"Proxy-Authorization": auth.encode()}
 
 
 class Redactor:
@@ -141,6 +160,7 @@ class Upstream:
         self._connector = connector or default_connector
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
+        self._proxy, self._proxy_headers = outbound_proxy(provider)
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop (aiohttp binds sessions to a loop).
@@ -164,7 +184,8 @@ class Upstream:
         try:
             async with asyncio.timeout(self._first_byte):
                 response = await self._client().request(method, self._url(url), headers=headers, data=content,
-                                                        allow_redirects=False)
+                                                        allow_redirects=False, proxy=self._proxy,
+                                                        proxy_headers=self._proxy_headers)
         except TimeoutError:
             raise UpstreamError(504, f"provider {self.name!r} did not answer within "
                                 f"{self._first_byte:g}s", "timeout", retryable=True) from None
