@@ -53,16 +53,11 @@ def provider_secrets(provider: ProviderConfig) -> list[str]:
     return secrets
 
 
-def outbound_proxy(provider: ProviderConfig) -> tuple[URL | None, dict[str, str] | None]:
-    """The provider's proxy URL without credentials, and the Proxy-Authorization header that
-    carries them (aiohttp would otherwise keep them in the URL, which exception texts show)."""
-    if provider.proxy is None:
-        return None, None
-    url = URL(provider.proxy.get_secret_value())
-    if url.user is None:
-        return url, None
-    auth = aiohttp.BasicAuth(url.user, url.password or "")
-    return url.with_user(None), {"Proxy-Authorization": auth.encode()}
+def outbound_proxy(provider: ProviderConfig) -> URL | None:
+    """The provider's outbound proxy. aiohttp turns credentials in it into Proxy-Authorization
+    (on each plain-http request, on the CONNECT of an https one); transport errors are mapped
+    by exception class only (:meth:`Upstream.send`), so the URL never reaches a message."""
+    return None if provider.proxy is None else URL(provider.proxy.get_secret_value())
 
 
 class Redactor:
@@ -160,7 +155,7 @@ class Upstream:
         self._connector = connector or default_connector
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
-        self._proxy, self._proxy_headers = outbound_proxy(provider)
+        self._proxy = outbound_proxy(provider)
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop (aiohttp binds sessions to a loop).
@@ -184,8 +179,7 @@ class Upstream:
         try:
             async with asyncio.timeout(self._first_byte):
                 response = await self._client().request(method, self._url(url), headers=headers, data=content,
-                                                        allow_redirects=False, proxy=self._proxy,
-                                                        proxy_headers=self._proxy_headers)
+                                                        allow_redirects=False, proxy=self._proxy)
         except TimeoutError:
             raise UpstreamError(504, f"provider {self.name!r} did not answer within "
                                 f"{self._first_byte:g}s", "timeout", retryable=True) from None
