@@ -61,6 +61,11 @@ class Accounting:
         if trace.isEnabledFor(logging.DEBUG):  # every try, so a route's fall-over can be followed
             trace.debug("%s key=%s model=%s: sending to provider %s", rec.endpoint, rec.key, rec.model, provider)
 
+    @staticmethod
+    def routed(route: str, target: str) -> None:
+        """A route sent a request to ``target`` (``vte_route_selections_total``)."""
+        metrics.child(metrics.ROUTE_SELECTIONS, route, target).inc()
+
     def finish(self, rec: RequestRecord) -> None:
         """Report a request that has ended, once."""
         self.finished += 1

@@ -96,13 +96,25 @@ class CircuitBreaker:
     """Closed -> (``failures`` in a row) open -> (after ``pause``) half-open: one probe ->
     closed on success, open again on failure. ``failures`` = 0 never opens."""
 
-    def __init__(self, failures: int, pause: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, failures: int, pause: float, clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[BreakerState], None] | None = None) -> None:
         self.failures, self.pause = failures, pause
         self._clock = clock
-        self.state: BreakerState = "closed"
+        self._on_change = on_change
+        self._state: BreakerState = "closed"
         self.consecutive = 0
         self.opened_at = 0.0
         self._probe_at: float | None = None
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    @state.setter
+    def state(self, value: BreakerState) -> None:
+        changed, self._state = value != self._state, value
+        if changed and self._on_change is not None:
+            self._on_change(value)
 
     def allow(self) -> bool:
         """Whether a request may go to the target now; in half-open, the caller is the probe."""
@@ -144,22 +156,29 @@ class Balancer:
     """Per (route, target) figures that outlive a config reload (keyed by names), and the one
     random source of the strategies."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 on_change: Callable[[str, str, BreakerState], None] | None = None) -> None:
         self.clock = clock
         self.rng = rng or random.Random()
+        self.on_change = on_change  # (route, target, state) of every breaker, for metrics
         self._slots: dict[tuple[str, str], Slot] = {}
 
     def slot(self, route: str, target: str, breaker: Breaker | None = None) -> Slot:
         """The slot of ``target`` in ``route``; a changed breaker config starts a new breaker."""
         slot = self._slots.get((route, target))
         if slot is None:
-            slot = self._slots[(route, target)] = Slot(breaker=self._breaker(breaker))
+            slot = self._slots[(route, target)] = Slot(breaker=self._breaker(route, target, breaker))
         elif breaker is not None and (slot.breaker.failures, slot.breaker.pause) != (breaker.failures, breaker.pause):
-            slot.breaker = self._breaker(breaker)
+            slot.breaker = self._breaker(route, target, breaker)
         return slot
 
-    def _breaker(self, config: Breaker | None) -> CircuitBreaker:
-        return CircuitBreaker(config.failures, config.pause, self.clock) if config else CircuitBreaker(0, 1.0)
+    def _breaker(self, route: str, target: str, config: Breaker | None) -> CircuitBreaker:
+        hook = self.on_change
+        report = None if hook is None else (lambda state: hook(route, target, state))
+        failures, pause = (config.failures, config.pause) if config else (0, 1.0)
+        if report is not None:
+            report("closed")
+        return CircuitBreaker(failures, pause, self.clock, report)
 
     def order(self, route: str, strategy: str, targets: Sequence[str], weights: Sequence[float],
               breaker: Breaker | None = None) -> list[int]:

@@ -14,13 +14,15 @@ A transport (:mod:`vte_proxy.http`, :mod:`vte_proxy.websocket`) only frames: it 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from starlette.types import Send
 
+from vte_proxy import error_replies
 from vte_proxy.accounting import Accounting
 from vte_proxy.auth import ClientKey
+from vte_proxy.config import ErrorReply
 from vte_proxy.dialect import Dialect
 from vte_proxy.errors import GatewayError
 from vte_proxy.pipeline import Request, dispatch
@@ -54,8 +56,10 @@ async def send_json(send: Send, status: int, body: bytes, headers: Mapping[str, 
     await send({"type": "http.response.body", "body": body})
 
 
-async def render_error(send: Send, err: GatewayError, dialect: Dialect) -> None:
-    """The one place an error becomes an HTTP answer (also for the middleware's refusals)."""
+async def render_error(send: Send, err: GatewayError, dialect: Dialect, replies: Sequence[ErrorReply] = ()) -> None:
+    """The one place an error becomes an HTTP answer (also for the middleware's refusals);
+    ``replies``: the config's ``error_replies``."""
+    err = error_replies.apply(replies, err)
     await send_json(send, err.status, dialect.error_body(err), err.headers)
 
 
@@ -72,6 +76,9 @@ class Exchange:
 
     def dispatched(self, provider: str) -> None:
         self.accounting.dispatched(self.record, provider)
+
+    def routed(self, route: str, target: str) -> None:
+        self.accounting.routed(route, target)
 
     def authenticate(self, presented: bytes | None) -> ClientKey:
         key = self.state.keys.authenticate(presented)
@@ -117,6 +124,7 @@ class Exchange:
 
     async def _fail(self, sink: Sink, err: GatewayError) -> None:
         self.record.failed(err.status, err.code)
+        err = error_replies.apply(self.state.config.error_replies, err)  # only the message changes
         if not sink.started:
             await sink.json(err.status, self.dialect.error_body(err), err.headers)
             return

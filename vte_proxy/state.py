@@ -21,7 +21,9 @@ from typing import Any
 
 from vte_proxy import metrics
 from vte_proxy.auth import KeyRing
+from vte_proxy.balancing import BREAKER_STATES, Balancer
 from vte_proxy.config import GatewayConfig, StreamMode
+from vte_proxy.keypool import STATES as KEY_STATES
 from vte_proxy.loader import ConfigError, LoadedConfig, config_hash, load_config, read_config
 from vte_proxy.providers import build_provider
 from vte_proxy.providers.base import Provider
@@ -81,6 +83,9 @@ class GatewayState:
     stream_modes: Mapping[str, StreamMode]
     discovered: Mapping[str, tuple[str, ...]]
     loaded_at: float = field(default_factory=time.time)
+    # Strategies' figures and circuit breakers per (route, target): one per process, kept
+    # across reloads (the Gateway's), so a reload does not forget a dead target.
+    balancer: Balancer = field(default_factory=Balancer)
 
     @property
     def config(self) -> GatewayConfig:
@@ -94,13 +99,13 @@ class ReloadFailure:
 
 
 def build_state(loaded: LoadedConfig, discovered: Mapping[str, tuple[str, ...]],
-                connector: ConnectorFactory | None = None) -> GatewayState:
+                connector: ConnectorFactory | None = None, balancer: Balancer | None = None) -> GatewayState:
     config = loaded.config
     routing = build_routing(config, discovered)
     providers = {p.name: build_provider(p, connector) for p in config.providers}
     modes = {p.name: p.stream_mode or config.stream_mode for p in config.providers}
     return GatewayState(loaded, routing, KeyRing(config.keys), ProviderSet(providers, loaded.sha256[:12]), modes,
-                        dict(discovered))
+                        dict(discovered), balancer=balancer or Balancer())
 
 
 def pinned_state(scope: MutableMapping[str, Any], gateway: Gateway) -> GatewayState:
@@ -110,6 +115,11 @@ def pinned_state(scope: MutableMapping[str, Any], gateway: Gateway) -> GatewaySt
     if state is None:
         state = scope["vte.state"] = gateway.state
     return state
+
+
+def publish_breaker(route: str, target: str, state: str) -> None:
+    """A circuit changed state: ``vte_circuit_breaker_state``."""
+    metrics.set_states(metrics.BREAKER_STATE, (route, target), state, BREAKER_STATES)
 
 
 class Gateway:
@@ -126,6 +136,7 @@ class Gateway:
         self._lock = asyncio.Lock()
         self._failed_hash = ""
         self.on_swap: list[Callable[[GatewayState], None]] = []
+        self.balancer = Balancer(on_change=publish_breaker)
 
     @property
     def state(self) -> GatewayState:
@@ -145,15 +156,24 @@ class Gateway:
         old = self._state
         self._state = new  # the one assignment requests see
         metrics.set_models_available(dict(new.routing.counts))
+        self._forget_gone(new)
         if old is not None and old.providers is not new.providers:
             old.providers.retire()
         for hook in self.on_swap:
             hook(new)
 
+    def _forget_gone(self, new: GatewayState) -> None:
+        """Drop the balancer slots and state series of routes, targets and keys that are gone."""
+        circuits = {(e.name, t.exposed) for e in new.routing.entries.values() if e.route for t in e.targets}
+        self.balancer.keep(circuits)
+        metrics.forget_states(metrics.BREAKER_STATE, circuits, BREAKER_STATES)
+        keys = {(p.name, k.name) for p in new.config.providers for k in p.api_keys or ()}
+        metrics.forget_states(metrics.KEY_STATE, keys, KEY_STATES)
+
     def load_initial(self) -> GatewayState:
         """Load the config at start; raise ConfigError when it is unusable."""
         loaded = load_config(self.config_path)
-        self._swap(build_state(loaded, {}, self.connector))
+        self._swap(build_state(loaded, {}, self.connector, self.balancer))
         self._count("success")
         return self.state
 
@@ -189,7 +209,7 @@ class Gateway:
                 # Read the state again: discovery may have swapped one in while we parsed.
                 current = self._state
                 discovered = self._carry_discovered(current, loaded.config) if current else {}
-                new = build_state(loaded, discovered, self.connector)
+                new = build_state(loaded, discovered, self.connector, self.balancer)
             except Exception as exc:  # a reload must never take the watcher down
                 log.exception("building the state for %s failed", self.config_path)
                 # Only the type: an exception's text may hold a value from the file.

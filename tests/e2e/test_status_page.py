@@ -213,7 +213,7 @@ def test_page_in_headless_chromium(gw: GatewayProcess, tmp_path: Path) -> None:
             expect(providers).to_contain_text("built in")
             for name in ("up/gpt-4o", "up/gpt-4o-mini", "demo/echo", "lab/gpt-4o", "smart"):
                 expect(models.get_by_text(name, exact=True)).to_be_visible()
-            expect(models).to_contain_text("route → up/gpt-4o, demo/echo")
+            expect(models).to_contain_text("route (fallback) → up/gpt-4o, demo/echo")
             expect(page.locator("#keys")).to_contain_text("limited")
             expect(page.locator("#hash")).to_have_text(httpx.get(gw.url + "/status.json", headers=basic(STATUS_KEY))
                                                        .json()["config"]["hash"])
