@@ -93,11 +93,16 @@ class Accounting:
 
 
 def _count_usage(rec: RequestRecord) -> None:
-    """Tokens of the answer against provider, model and key; an answer without usage is
-    counted as such, never guessed."""
+    """Tokens of the answer against provider, model and key. An answer without usage is
+    counted as such; when it was estimated (:mod:`vte_proxy.usage_estimate`), its estimate is
+    counted too, and marked in ``vte_usage_estimated_total``."""
     prompt, completion = usage_tokens(rec.usage) if rec.usage is not None else (None, None)
-    if prompt is None and completion is None:
+    if rec.estimated:
         metrics.child(metrics.USAGE_MISSING, rec.provider).inc()
+        metrics.child(metrics.USAGE_ESTIMATED, rec.provider).inc()
+    if prompt is None and completion is None:
+        if not rec.estimated:
+            metrics.child(metrics.USAGE_MISSING, rec.provider).inc()
         return
     rec.prompt_tokens, rec.completion_tokens = prompt, completion
     if prompt:

@@ -15,11 +15,11 @@ A transport (:mod:`vte_proxy.http`, :mod:`vte_proxy.websocket`) only frames: it 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.types import Send
 
-from vte_proxy import error_replies
+from vte_proxy import error_replies, usage_estimate
 from vte_proxy.accounting import Accounting
 from vte_proxy.auth import ClientKey
 from vte_proxy.config import ErrorReply
@@ -29,8 +29,11 @@ from vte_proxy.pipeline import Request, dispatch
 from vte_proxy.record import RequestRecord
 from vte_proxy.shaping import JsonReply, Reply, StreamReply
 from vte_proxy.state import GatewayState
+from vte_proxy.usage_estimate import KEEP_BYTES
 
 JSON = (b"content-type", b"application/json")
+# Endpoints whose answers are text a usage estimate can count (embeddings report their own).
+ESTIMATED = frozenset({"chat/completions", "completions", "responses", "messages"})
 
 
 class Sink(Protocol):
@@ -66,13 +69,18 @@ async def render_error(send: Send, err: GatewayError, dialect: Dialect, replies:
 class Exchange:
     """One proxied request from its first byte in to its last byte out."""
 
-    __slots__ = ("accounting", "dialect", "record", "state")
+    __slots__ = ("_body", "_kept", "_kept_bytes", "_sent_bytes", "accounting", "dialect", "record", "state")
 
     def __init__(self, state: GatewayState, accounting: Accounting, endpoint: str, dialect: Dialect) -> None:
         self.state = state
         self.accounting = accounting
         self.dialect = dialect
         self.record = RequestRecord.start(endpoint)
+        # For a usage estimate when the upstream reports none: the request, and the first
+        # KEEP_BYTES of a streamed answer.
+        self._body: dict[str, Any] | None = None
+        self._kept: list[bytes] = []
+        self._kept_bytes = self._sent_bytes = 0
 
     def dispatched(self, provider: str) -> None:
         self.accounting.dispatched(self.record, provider)
@@ -96,6 +104,7 @@ class Exchange:
         try:
             key = self.authenticate(presented)
             request = self._request(key, self.dialect.parse(await read()), headers, stream_reply)
+            self._body = request.body
             reply = await dispatch(self.state, request, self)
             await self._send(sink, reply)
         except GatewayError as err:
@@ -119,8 +128,26 @@ class Exchange:
         await sink.open_stream(reply.headers)
         async for batch in reply.events:
             self.record.first_byte()
+            self._keep(batch)
             await sink.events(batch)
         await sink.end_stream()
+
+    def _keep(self, batch: list[bytes]) -> None:
+        size = sum(map(len, batch))
+        self._sent_bytes += size
+        if self._kept_bytes < KEEP_BYTES:
+            self._kept += batch
+            self._kept_bytes += size
+
+    def _usage(self, reply: Reply) -> dict[str, Any] | None:
+        """The answer's usage; estimated (and marked so) when the upstream reported none."""
+        usage = reply.usage() if isinstance(reply, StreamReply) else reply.usage
+        if usage is not None or self._body is None or self.record.endpoint not in ESTIMATED:
+            return usage
+        self.record.estimated = True
+        if isinstance(reply, JsonReply):
+            return usage_estimate.from_json(self._body, reply.body)
+        return usage_estimate.from_events(self._body, self._kept, self._kept_bytes, self._sent_bytes)
 
     async def _fail(self, sink: Sink, err: GatewayError) -> None:
         self.record.failed(err.status, err.code)
@@ -136,9 +163,8 @@ class Exchange:
             if isinstance(reply, StreamReply):
                 await reply.events.aclose()
                 await reply.close()
-                self.record.got_usage(reply.usage())
-            elif reply is not None:
-                self.record.got_usage(reply.usage)
+            if reply is not None:
+                self.record.got_usage(self._usage(reply))
         finally:
             self.state.providers.release()
             self.accounting.finish(self.record)

@@ -7,7 +7,13 @@ import orjson
 from vte_proxy.config import ErrorReply
 from vte_proxy.error_replies import apply, error_codes, match
 from vte_proxy.errors import GatewayError, UpstreamError
-from vte_proxy.upstream import status_error
+
+
+def status_error(provider: str, status: int, body: bytes, retry_after: str | None) -> UpstreamError:
+    """An upstream's error response as the upstream boundary raises it (its body passed through)."""
+    return UpstreamError(provider, status, f"provider {provider!r} answered HTTP {status}", "status",
+                         retryable=status == 429, body=body if body[:1] == b"{" else None,
+                         headers={"retry-after": retry_after} if retry_after else None)
 
 RULES = (ErrorReply(status=429, code="insufficient_quota", message="Quota used up."),
          ErrorReply(status=429, message="Slow down."),
