@@ -149,6 +149,7 @@ class ScriptedUpstream:
         # Upstream keys (the Bearer token) answered with this reply on every path (a pool key
         # the upstream rejects or rate-limits), whatever the script says.
         self.key_replies: dict[str, Reply] = {}
+        self.delay = 0.0  # before every unscripted answer (a slow upstream)
         routes = [Route("/v1/models", self._models, methods=["GET"]),
                   Route("/v1/{endpoint:path}", self._handle, methods=["POST"])]
         self._server = AppServer(Starlette(routes=routes))
@@ -198,6 +199,8 @@ class ScriptedUpstream:
             return keyed
         behaviour = self.script.popleft() if self.script else None
         if behaviour is None:
+            if self.delay:
+                await asyncio.sleep(self.delay)
             behaviour = self._default(request.path_params["endpoint"], body)
         if isinstance(behaviour, Hang):
             await asyncio.sleep(behaviour.seconds)

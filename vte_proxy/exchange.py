@@ -69,7 +69,7 @@ async def render_error(send: Send, err: GatewayError, dialect: Dialect, replies:
 class Exchange:
     """One proxied request from its first byte in to its last byte out."""
 
-    __slots__ = ("_body", "_kept", "_kept_bytes", "_sent_bytes", "accounting", "dialect", "record", "state")
+    __slots__ = ("_kept", "_kept_bytes", "_req", "_sent_bytes", "accounting", "dialect", "record", "state")
 
     def __init__(self, state: GatewayState, accounting: Accounting, endpoint: str, dialect: Dialect) -> None:
         self.state = state
@@ -78,7 +78,7 @@ class Exchange:
         self.record = RequestRecord.start(endpoint)
         # For a usage estimate when the upstream reports none: the request, and the first
         # KEEP_BYTES of a streamed answer.
-        self._body: dict[str, Any] | None = None
+        self._req: Request | None = None
         self._kept: list[bytes] = []
         self._kept_bytes = self._sent_bytes = 0
 
@@ -104,7 +104,7 @@ class Exchange:
         try:
             key = self.authenticate(presented)
             request = self._request(key, self.dialect.parse(await read()), headers, stream_reply)
-            self._body = request.body
+            self._req = request
             reply = await dispatch(self.state, request, self)
             await self._send(sink, reply)
         except GatewayError as err:
@@ -142,12 +142,14 @@ class Exchange:
     def _usage(self, reply: Reply) -> dict[str, Any] | None:
         """The answer's usage; estimated (and marked so) when the upstream reported none."""
         usage = reply.usage() if isinstance(reply, StreamReply) else reply.usage
-        if usage is not None or self._body is None or self.record.endpoint not in ESTIMATED:
+        request = self._req
+        if usage is not None or request is None or self.record.endpoint not in ESTIMATED:
             return usage
         self.record.estimated = True
+        body = request.sent or request.body  # what the upstream got (a system prompt counts)
         if isinstance(reply, JsonReply):
-            return usage_estimate.from_json(self._body, reply.body)
-        return usage_estimate.from_events(self._body, self._kept, self._kept_bytes, self._sent_bytes)
+            return usage_estimate.from_json(body, reply.body)
+        return usage_estimate.from_events(body, self._kept, self._kept_bytes, self._sent_bytes)
 
     async def _fail(self, sink: Sink, err: GatewayError) -> None:
         self.record.failed(err.status, err.code)

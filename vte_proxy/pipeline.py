@@ -54,6 +54,7 @@ class Request:
     client_stream: bool
     headers: dict[str, str] = field(default_factory=dict)  # allow-listed client headers
     dialect: str = "openai"
+    sent: dict[str, Any] | None = None  # the body of the last try (system prompt applied), for estimates
 
 
 async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> Reply:
@@ -198,8 +199,9 @@ def _body(state: GatewayState, request: Request, provider: Provider) -> dict[str
 async def _attempts(state: GatewayState, target: Target, request: Request) -> Answer:
     """One target, with its provider's retries (jittered exponential backoff)."""
     provider = state.providers.providers[target.provider]
-    call = Call(request.endpoint, _body(state, request, provider), target, upstream_streams(state, request, target),
-                request.headers, request.dialect)
+    request.sent = _body(state, request, provider)
+    call = Call(request.endpoint, request.sent, target, upstream_streams(state, request, target), request.headers,
+                request.dialect)
     retries = provider.config.retries
     for attempt in range(retries + 1):
         try:

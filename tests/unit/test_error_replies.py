@@ -15,6 +15,7 @@ def status_error(provider: str, status: int, body: bytes, retry_after: str | Non
                          retryable=status == 429, body=body if body[:1] == b"{" else None,
                          headers={"retry-after": retry_after} if retry_after else None)
 
+
 RULES = (ErrorReply(status=429, code="insufficient_quota", message="Quota used up."),
          ErrorReply(status=429, message="Slow down."),
          ErrorReply(code="model_not_found", message="No such model here."))
