@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import openai
@@ -30,7 +31,9 @@ from tests.support import (
     chunk,
     forward_proxy,
     running_gateway,
+    serve_app_in_thread,
 )
+from tests.vertex_upstream import VertexUpstream, text_response
 
 POOL = {"K_OK": "sk-pool-ok-SECRET-1", "K_BUSY": "sk-pool-busy-SECRET-2", "K_BAD": "sk-pool-bad-SECRET-3",
         "T_1": "sk-tired-one-SECRET-4", "T_2": "sk-tired-two-SECRET-5", "PROXY_PASS": "proxy-pw-SECRET-6"}
@@ -308,3 +311,39 @@ def test_usage_is_estimated_when_the_upstream_reports_none(pools: Pools) -> None
     assert delta(before, after, "vte_tokens_total", provider="up", type="completion") == 3
     # "Global rules." + "hello there": a few tokens, whatever the tokenizer
     assert 3 <= delta(before, after, "vte_tokens_total", provider="up", type="prompt") <= 8
+
+
+def test_vertex_with_a_pool_and_a_system_prompt(tmp_path: Path) -> None:
+    """Vertex takes pool keys in x-goog-api-key (a wrong one answers 403 and leaves the pool),
+    and gets the system prompt as systemInstruction through the translation."""
+    vertex = VertexUpstream(api_key="vertex-good-SECRET")
+    with serve_app_in_thread(vertex.app) as server:
+        text = textwrap.dedent(f"""\
+            version: 1
+            system_prompt: {{text: "Global rules."}}
+            keys: [{{name: team, key: "${{TEST_CLIENT_KEY}}"}}]
+            providers:
+              - name: gemini
+                type: vertex-express
+                base_url: {server.url}
+                api_keys:
+                  - {{name: wrong, key: vertex-wrong-SECRET, weight: 100}}
+                  - {{name: right, key: vertex-good-SECRET}}
+                prefix: gemini
+                models: [gemini-2.5-flash]
+            """)
+        with running_gateway(tmp_path, text) as gw:
+            client = openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+            for _ in range(3):
+                vertex.push_json(text_response("hello"))
+                reply = client.chat.completions.create(model="gemini/gemini-2.5-flash",
+                                                       messages=[{"role": "user", "content": "hi"}])
+                assert reply.choices[0].message.content == "hello"
+            metrics = scrape(gw.url)
+            logs = gw.logs()
+    keys = [r.headers.get("x-goog-api-key") for r in vertex.requests]
+    assert keys == ["vertex-wrong-SECRET"] + ["vertex-good-SECRET"] * 3
+    served = [r.body for r in vertex.requests[1:]]
+    assert all(b["systemInstruction"] == {"parts": [{"text": "Global rules."}]} for b in served)
+    assert metrics.sum("vte_upstream_key_state", provider="gemini", upstream_key="wrong", state="disabled") == 1
+    assert "SECRET" not in metrics.text + logs
