@@ -71,7 +71,8 @@ def order(strategy: str, weights: Sequence[float], stats: Sequence[TargetStats],
     n = len(stats)
     if strategy == "weighted":
         # u ** (1 / w) sorted high to low is a weighted sample without replacement.
-        return sorted(range(n), key=lambda i: rng.random() ** (1.0 / weights[i]), reverse=True)
+        w = [weights[i] if i < len(weights) else 1.0 for i in range(n)]
+        return sorted(range(n), key=lambda i: rng.random() ** (1.0 / w[i]), reverse=True)
     if strategy == "least_busy":
         shuffled = rng.sample(range(n), n)
         return sorted(shuffled, key=lambda i: stats[i].in_flight)

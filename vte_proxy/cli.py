@@ -15,6 +15,7 @@ import orjson
 from vte_proxy import __version__
 from vte_proxy.config import ServerConfig
 from vte_proxy.loader import ConfigError, LoadedConfig, load_config
+from vte_proxy.routing import Entry
 from vte_proxy.settings import Settings
 
 
@@ -72,7 +73,7 @@ def check(path: str, allow_missing_env: bool = False) -> int:
     width = max((len(n) for n in table.entries), default=10)
     for entry in table.entries.values():
         if entry.route:
-            print(f"  {entry.name:<{width}}  -> route: {', '.join(t.exposed for t in entry.targets)}")
+            print(f"  {entry.name:<{width}}  -> {_route_summary(entry)}")
         else:
             t = entry.targets[0]
             print(f"  {entry.name:<{width}}  -> {t.provider}: {t.upstream_model}")
@@ -82,6 +83,16 @@ def check(path: str, allow_missing_env: bool = False) -> int:
             print(f"  ({p.name}: more models from discovery at run time, include {list(p.discover.include)}, "
                   f"exclude {list(p.discover.exclude)}" + (f", matching {globs}" if globs else "") + ")")
     return 0
+
+
+def _route_summary(entry: Entry) -> str:
+    """``route: a, b`` (fallback), ``route (weighted): a x3, b x1``, ``route (latency): a, b``."""
+    if entry.strategy == "weighted":
+        targets = [f"{t.exposed} x{w:g}" for t, w in zip(entry.targets, entry.weights, strict=False)]
+    else:
+        targets = [t.exposed for t in entry.targets]
+    how = "" if entry.strategy == "fallback" else f" ({entry.strategy})"
+    return f"route{how}: {', '.join(targets)}"
 
 
 def schema() -> int:

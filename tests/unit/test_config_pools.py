@@ -3,6 +3,8 @@ weighted targets, breaker, system_prompt (global, provider, key) and error_repli
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vte_proxy.config import RouteTarget
@@ -138,3 +140,18 @@ def test_the_schema_lists_the_new_keys() -> None:
     route = schema["$defs"]["RouteConfig"]["properties"]
     assert route["targets"]["items"]["anyOf"][0] == {"type": "string", "description": "An exposed model name."}
     assert {"error_replies", "system_prompt"} <= set(schema["properties"])
+
+
+def test_check_prints_each_routes_strategy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from vte_proxy.cli import main
+
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(BASE.replace("  - name: plain\n", "  - name: plain\n    strategy: latency\n"))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr()
+    routes = [line.split("->")[1].strip() for line in out.out.splitlines() if "-> route" in line]
+    assert routes == ["route (weighted): up/gpt-4o x1, demo/echo x3", "route (latency): up/gpt-4o-mini"]
+    assert not any(v in out.out + out.err for v in ENV.values())
