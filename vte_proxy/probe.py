@@ -75,7 +75,7 @@ def per_key(config: ProviderConfig) -> list[tuple[str, ProviderConfig]]:
 def _failure(exc: BaseException) -> tuple[int | None, str]:
     """A failed step's status (None: not reached) and a secret-free description."""
     if isinstance(exc, UpstreamError):
-        status = None if exc.reason in ("connect", "timeout") else exc.status
+        status = exc.status if exc.answered else None
         return status, exc.message + _upstream_code(exc.upstream_body)
     if isinstance(exc, GatewayError):
         return exc.status, exc.message

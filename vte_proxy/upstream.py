@@ -107,7 +107,7 @@ def transport_error(provider: str, exc: BaseException, *, started: bool, first_b
     else:
         message, status = f"could not connect to provider {provider!r} ({exc.__class__.__name__})", 502
         why = "connect"
-    return UpstreamError(provider, status, message, reason or why, retryable=True)
+    return UpstreamError(provider, status, message, reason or why, retryable=True, answered=False)
 
 
 async def error_from_response(response: UpstreamResponse, shaper: ErrorShaper | None = None,

@@ -133,7 +133,7 @@ def test_status_json_shows_names_hosts_and_totals_never_secrets(gw: GatewayProce
     assert set(providers) == {"up", "demo", "lab"}
     assert providers["up"] | {"recent_requests": 0, "recent_errors": 0, "error_rate": 0.0} == {
         "name": "up", "type": "openai", "prefix": "up", "host": "127.0.0.1", "models": 2, "stream_mode": "auto",
-        "discovery": None, "recent_requests": 0, "recent_errors": 0, "error_rate": 0.0}
+        "discovery": None, "recent_requests": 0, "recent_errors": 0, "error_rate": 0.0, "upstream_keys": None}
     assert providers["demo"]["host"] is None
     assert providers["lab"]["discovery"]["last_ok"] is not None and providers["lab"]["models"] == 2
     models = {m["id"]: m for m in s["models"]}
