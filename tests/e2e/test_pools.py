@@ -347,3 +347,25 @@ def test_vertex_with_a_pool_and_a_system_prompt(tmp_path: Path) -> None:
     assert all(b["systemInstruction"] == {"parts": [{"text": "Global rules."}]} for b in served)
     assert metrics.sum("vte_upstream_key_state", provider="gemini", upstream_key="wrong", state="disabled") == 1
     assert "SECRET" not in metrics.text + logs
+
+
+def test_the_status_page_shows_key_states_and_open_circuits(pools: Pools) -> None:
+    """Runs after the pool and circuit tests above: a cooling and a disabled key, an open circuit."""
+    from tests.e2e.test_status_page import launch_chromium, playwright_api
+
+    expect, sync_playwright = playwright_api()
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            context = browser.new_context(http_credentials={"username": "ops", "password": "sk-admin-key-000"})
+            page = context.new_page()
+            page.goto(pools.gateway.url + "/")
+            providers, models = page.locator("#providers"), page.locator("#models")
+            expect(providers).to_contain_text("ok ready · busy cooling")
+            expect(providers).to_contain_text("bad disabled")
+            expect(providers).to_contain_text("t1 cooling")
+            expect(models).to_contain_text("route (fallback) → dead2/gpt-4o [open]")
+            expect(models).to_contain_text("route (weighted) → up/gpt-4o, up/gpt-4o-mini")
+            no_secrets(page.content())
+        finally:
+            browser.close()
