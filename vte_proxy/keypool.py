@@ -76,6 +76,15 @@ class KeyPool:
         self._rng = rng or random.Random()
         self._by_name = {k.name: k for k in self.keys}
 
+    def adopt(self, old: KeyPool) -> None:
+        """Take over the standing of ``old``'s keys that are still here with the same value
+        (a reload that did not touch them must not bring back a rejected key, or cut a rest
+        short); a key whose value changed starts ready."""
+        for k in self.keys:
+            before = old._by_name.get(k.name)
+            if before is not None and before.secret == k.secret:
+                k.cooling_until, k.disabled = before.cooling_until, before.disabled
+
     def key(self, name: str) -> PoolKey:
         return self._by_name[name]
 

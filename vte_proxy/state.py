@@ -28,7 +28,7 @@ from vte_proxy.loader import ConfigError, LoadedConfig, config_hash, load_config
 from vte_proxy.providers import build_provider
 from vte_proxy.providers.base import Provider
 from vte_proxy.routing import RoutingError, RoutingTable, build_routing
-from vte_proxy.upstream import ConnectorFactory
+from vte_proxy.upstream import ConnectorFactory, Upstream
 
 log = logging.getLogger("vte_proxy.state")
 
@@ -99,13 +99,25 @@ class ReloadFailure:
 
 
 def build_state(loaded: LoadedConfig, discovered: Mapping[str, tuple[str, ...]],
-                connector: ConnectorFactory | None = None, balancer: Balancer | None = None) -> GatewayState:
+                connector: ConnectorFactory | None = None, balancer: Balancer | None = None,
+                previous: ProviderSet | None = None) -> GatewayState:
+    """The state for ``loaded``; ``previous``: the providers it replaces, whose key pools hand
+    on the standing of unchanged keys (none: every key starts ready)."""
     config = loaded.config
     routing = build_routing(config, discovered)
     providers = {p.name: build_provider(p, connector) for p in config.providers}
+    if previous is not None:
+        _adopt_pools(providers, previous.providers)
     modes = {p.name: p.stream_mode or config.stream_mode for p in config.providers}
     return GatewayState(loaded, routing, KeyRing(config.keys), ProviderSet(providers, loaded.sha256[:12]), modes,
                         dict(discovered), balancer=balancer or Balancer())
+
+
+def _adopt_pools(new: Mapping[str, Provider], old: Mapping[str, Provider]) -> None:
+    for name, provider in new.items():
+        upstream, before = getattr(provider, "upstream", None), getattr(old.get(name), "upstream", None)
+        if isinstance(upstream, Upstream) and isinstance(before, Upstream):
+            upstream.adopt(before)
 
 
 def pinned_state(scope: MutableMapping[str, Any], gateway: Gateway) -> GatewayState:
@@ -202,7 +214,7 @@ class Gateway:
                 loaded = await asyncio.to_thread(load_config, self.config_path, None, raw)
             except ConfigError as exc:
                 return self._fail(str(exc), digest)
-            return self._apply(loaded, digest)
+            return self._apply(loaded, digest, keep_pools=not force)
 
     def _unchanged(self, digest: str) -> bool:
         """Whether ``digest`` needs no rebuild: the config being served (a reverted broken
@@ -216,12 +228,15 @@ class Gateway:
             return True
         return digest == self._failed_hash
 
-    def _apply(self, loaded: LoadedConfig, digest: str) -> bool:
+    def _apply(self, loaded: LoadedConfig, digest: str, keep_pools: bool = True) -> bool:
+        """Swap in ``loaded``. Key pools keep the standing of unchanged keys, except on a forced
+        reload (SIGHUP), which starts every key afresh (e.g. after an account was fixed)."""
         # Read the state again: discovery may have swapped one in while the file was parsed.
         current = self._state
         try:
             discovered = self._carry_discovered(current, loaded.config) if current else {}
-            new = build_state(loaded, discovered, self.connector, self.balancer)
+            previous = current.providers if current is not None and keep_pools else None
+            new = build_state(loaded, discovered, self.connector, self.balancer, previous)
         except Exception as exc:  # a reload must never take the watcher down
             log.exception("building the state for %s failed", self.config_path)
             # Only the type: an exception's text may hold a value from the file.

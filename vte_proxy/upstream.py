@@ -290,6 +290,16 @@ class Upstream:
                       "changes", self.name, key.name, response.status)
         self._publish()
 
+    def adopt(self, old: Upstream) -> None:
+        """After a reload: keep the standing of the keys the new config did not change."""
+        if self.pool is None or old.pool is None:
+            return
+        self.pool.adopt(old.pool)
+        self._publish()
+        wait = self.pool.seconds_left()
+        if wait:
+            asyncio.get_running_loop().call_later(max(wait.values()) + 0.01, self._publish)
+
     def _exhausted(self) -> UpstreamError:
         assert self.pool is not None
         wait = self.pool.retry_after()

@@ -8,6 +8,7 @@ circuits keep state), told apart on the shared upstream by the key each provider
 from __future__ import annotations
 
 import base64
+import signal
 import textwrap
 import time
 from collections import Counter
@@ -369,3 +370,33 @@ def test_the_status_page_shows_key_states_and_open_circuits(pools: Pools) -> Non
             no_secrets(page.content())
         finally:
             browser.close()
+
+
+def _reloads(pools: Pools) -> float:
+    return pools.scrape().sum("vte_config_reloads_total", result="success")
+
+
+def _wait_for_reload(pools: Pools, before: float) -> None:
+    deadline = time.monotonic() + 15
+    while _reloads(pools) <= before:
+        assert time.monotonic() < deadline, "the config was not reloaded"
+        time.sleep(0.1)
+
+
+def _key_states(pools: Pools, provider: str) -> dict[str, str]:
+    return {lab["upstream_key"]: lab["state"] for n, lab, v in pools.scrape().samples
+            if n == "vte_upstream_key_state" and lab["provider"] == provider and v == 1}
+
+
+def test_a_reload_keeps_key_standing_and_sighup_starts_afresh(pools: Pools) -> None:
+    """Runs last: it reloads the module's gateway."""
+    assert _key_states(pools, "pool") == {"ok": "ready", "busy": "cooling", "bad": "disabled"}
+    path = pools.gateway.config_path
+    before = _reloads(pools)
+    path.write_text(path.read_text() + "# an unrelated edit\n")
+    _wait_for_reload(pools, before)
+    assert _key_states(pools, "pool") == {"ok": "ready", "busy": "cooling", "bad": "disabled"}
+    before = _reloads(pools)
+    pools.gateway.signal(signal.SIGHUP)  # a forced reload: every key gets another chance
+    _wait_for_reload(pools, before)
+    assert _key_states(pools, "pool") == {"ok": "ready", "busy": "ready", "bad": "ready"}

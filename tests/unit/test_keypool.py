@@ -103,3 +103,16 @@ def test_an_empty_pool_is_refused() -> None:
 ])
 def test_retry_after_values(value: str | None, seconds: float | None) -> None:
     assert parse_retry_after(value, now=1445412420.0) == seconds
+
+
+def test_a_reload_keeps_the_standing_of_unchanged_keys_only() -> None:
+    clock = Clock()
+    old = KeyPool([PoolKey("a", "sa"), PoolKey("b", "sb"), PoolKey("c", "sc")], 30.0, clock=clock)
+    old.cool("a", 10.0)
+    old.disable("b")
+    old.disable("c")
+    new = KeyPool([PoolKey("a", "sa"), PoolKey("b", "sb"), PoolKey("c", "sc-fixed"), PoolKey("d", "sd")], 30.0,
+                  clock=clock)
+    new.adopt(old)
+    assert new.states() == {"a": "cooling", "b": "disabled", "c": "ready", "d": "ready"}
+    assert new.seconds_left() == {"a": 10.0}
