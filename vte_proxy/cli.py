@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="test the connection to providers (every key of a pool): a models list "
                            "and a one-token chat; exit 1 if any failed")
     probe.add_argument("--config", help="gateway.yaml (env VTE_CONFIG; default ./gateway.yaml)")
+    probe.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="longest wait for each answer (default: the provider's timeouts)")
     probe.add_argument("targets", nargs="*", metavar="PROVIDER[/MODEL]",
                        help="providers to probe (default: all), optionally the model to chat with")
     return ap
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         return schema()
     if args.command == "probe":
-        return probe(args.config or Settings().config, args.targets)
+        return probe(args.config or Settings().config, args.targets, args.timeout)
     overrides = {k: v for k, v in vars(args).items() if k in ("config", "host", "port", "workers") and v is not None}
     return serve(Settings(**overrides))
 
@@ -110,7 +112,7 @@ def schema() -> int:
     return 0
 
 
-def probe(path: str, targets: list[str]) -> int:
+def probe(path: str, targets: list[str], timeout: float | None = None) -> int:
     """Call each selected provider with every upstream key; 0 when every check passed."""
     import asyncio
 
@@ -125,7 +127,7 @@ def probe(path: str, targets: list[str]) -> int:
             print(f"  {issue}", file=sys.stderr)
         return 1
     try:
-        checks = asyncio.run(run_probe(config, targets))
+        checks = asyncio.run(run_probe(config, targets, wait_limit=timeout))
     except ProbeError as exc:
         print(f"vte-proxy probe: {exc}", file=sys.stderr)
         return 1

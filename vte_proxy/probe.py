@@ -65,8 +65,14 @@ def select(config: GatewayConfig, selectors: Sequence[str]) -> list[tuple[Provid
     return out
 
 
-def per_key(config: ProviderConfig) -> list[tuple[str, ProviderConfig]]:
-    """One single-key provider config per upstream key (labelled by the key's name)."""
+def per_key(config: ProviderConfig, timeout: float | None = None) -> list[tuple[str, ProviderConfig]]:
+    """One single-key provider config per upstream key (labelled by the key's name);
+    ``timeout`` caps connecting and waiting for each answer."""
+    if timeout is not None:
+        t = config.timeouts
+        capped = {"connect": min(t.connect or timeout, timeout), "first_byte": min(t.first_byte or timeout, timeout),
+                  "idle": min(t.idle or timeout, timeout), "total": min(t.total or timeout, timeout)}
+        config = config.model_copy(update={"timeouts": t.model_copy(update=capped)})
     if config.api_keys:
         return [(k.name, config.model_copy(update={"api_key": k.key, "api_keys": None})) for k in config.api_keys]
     return [("api_key" if config.api_key is not None else "-", config)]
@@ -100,12 +106,13 @@ def _has_models_list(provider: Provider) -> bool:
 class Prober:
     """Runs the probe steps; ``connector`` replaces the network (tests)."""
 
-    def __init__(self, connector: ConnectorFactory | None = None) -> None:
+    def __init__(self, connector: ConnectorFactory | None = None, timeout: float | None = None) -> None:
         self.connector = connector
+        self.timeout = timeout
 
     async def provider(self, config: ProviderConfig, model: str | None) -> list[Check]:
         checks: list[Check] = []
-        for key, cfg in per_key(config):
+        for key, cfg in per_key(config, self.timeout):
             provider = build_provider(cfg, self.connector)
             try:
                 checks += await self._key(provider, cfg, key, model)
@@ -155,10 +162,11 @@ def _first_model(config: ProviderConfig, seen: tuple[str, ...]) -> str | None:
     return next((m for m in seen if discoverable(config, m)), None)
 
 
-async def probe(config: GatewayConfig, selectors: Sequence[str],
-                connector: ConnectorFactory | None = None) -> list[Check]:
-    """Every check for the selected providers, in config (or command line) order."""
-    prober = Prober(connector)
+async def probe(config: GatewayConfig, selectors: Sequence[str], connector: ConnectorFactory | None = None,
+                wait_limit: float | None = None) -> list[Check]:
+    """Every check for the selected providers, in config (or command line) order; ``wait_limit``
+    caps the providers' timeouts (``--timeout``)."""
+    prober = Prober(connector, wait_limit)
     checks: list[Check] = []
     for provider, model in select(config, selectors):
         checks += await prober.provider(provider, model)

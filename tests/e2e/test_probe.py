@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import ROOT, Reply, ScriptedUpstream, forward_proxy, free_port
+from tests.support import ROOT, Hang, Reply, ScriptedUpstream, forward_proxy, free_port
 
 KEYS = {"GOOD_1": "sk-good-one-SECRET-111", "GOOD_2": "sk-good-two-SECRET-222", "BAD": "sk-revoked-SECRET-999",
         "PROXY_PASS": "proxy-pw-SECRET-777"}
@@ -124,3 +124,12 @@ def test_a_refusing_proxy_is_unreachable_and_not_quoted(upstream: ScriptedUpstre
     assert result.returncode == 1 and upstream.requests == []
     assert [r[4] for r in rows(result)] == ["unreachable"] * 6
     no_secret(result)
+
+
+def test_timeout_caps_the_wait_for_a_silent_upstream(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    upstream.push(Hang(30))
+    result = probe(tmp_path, config(upstream.url), "--timeout", "1", "up/gpt-4o")
+    assert result.returncode == 1
+    chat = rows(result)[1]
+    assert chat[3:5] == ["chat", "unreachable"]
+    assert "did not answer within 1s" in result.stdout.splitlines()[1]
