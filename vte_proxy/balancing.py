@@ -8,7 +8,8 @@ still falls over to the next one before the first byte):
 - ``weighted``: a weighted random order (Efraimidis-Spirakis), so the first choice follows the
   weights and the rest stay available for fall-over;
 - ``least_busy``: fewest requests in flight first, ties at random;
-- ``latency``: power of two choices over a peak-EWMA of time to first byte times the requests
+- ``latency``: power of two choices over a peak-EWMA of time to answer (the provider's answer
+  arriving: a stream's response headers, or the whole JSON answer) times the requests
   in flight (Finagle, Linkerd), then the rest by that cost.
 
 A :class:`CircuitBreaker` guards each target of a route: ``failures`` consecutive failures open
