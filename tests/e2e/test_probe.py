@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import ROOT, Hang, Reply, ScriptedUpstream, forward_proxy, free_port
+from tests.support import ROOT, Hang, Reply, ScriptedUpstream, forward_proxy, free_port, serve_app_in_thread
+from tests.vertex_upstream import VertexUpstream, text_response
 
 KEYS = {"GOOD_1": "sk-good-one-SECRET-111", "GOOD_2": "sk-good-two-SECRET-222", "BAD": "sk-revoked-SECRET-999",
         "PROXY_PASS": "proxy-pw-SECRET-777"}
@@ -133,3 +134,21 @@ def test_timeout_caps_the_wait_for_a_silent_upstream(upstream: ScriptedUpstream,
     chat = rows(result)[1]
     assert chat[3:5] == ["chat", "unreachable"]
     assert "did not answer within 1s" in result.stdout.splitlines()[1]
+
+
+def test_vertex_pool_keys_are_probed_with_a_chat(tmp_path: Path) -> None:
+    vertex = VertexUpstream(api_key=KEYS["GOOD_1"])
+    vertex.push_json(text_response("ok"))
+    with serve_app_in_thread(vertex.app) as server:
+        text = ("version: 1\nkeys: [{name: team, key: sk-client-000}]\nproviders:\n"
+                f"  - name: gemini\n    type: vertex-express\n    base_url: {server.url}\n"
+                '    api_keys: [{name: good, key: "${GOOD_1}"}, {name: stale, key: "${BAD}"}]\n'
+                "    prefix: gemini\n    models: [gemini-2.5-flash]\n")
+        result = probe(tmp_path, text)
+    assert result.returncode == 1
+    assert [r[:6] for r in rows(result)] == [["gemini", "key", "good", "chat", "ok", rows(result)[0][5]],
+                                             ["gemini", "key", "stale", "chat", "HTTP", "502"]]
+    # Vertex's shaper answers clients 502 for a refused key; the line says what Vertex said.
+    assert "refused the gateway's credentials (HTTP 403)" in result.stdout.splitlines()[1]
+    assert vertex.requests[0].body["generationConfig"]["maxOutputTokens"] == 1
+    no_secret(result)
