@@ -132,11 +132,14 @@ async def _route(state: GatewayState, entry: Entry, request: Request, tracker: T
             if not exc.retryable:
                 raise
             last = exc
-    if last is not None:
-        raise last
-    wait = min(b.retry_after() for b in skipped)
-    raise GatewayError(503, f"every target of route {entry.name!r} is unavailable (circuit open)", "circuit_open",
-                       headers={"retry-after": str(max(math.ceil(wait), 1))})
+    raise last if last is not None else _all_open(entry, skipped)
+
+
+def _all_open(entry: Entry, breakers: list[CircuitBreaker]) -> GatewayError:
+    """Every target's circuit is open: 503 at once, Retry-After when the first lets a probe in."""
+    wait = min(b.retry_after() for b in breakers)
+    return GatewayError(503, f"every target of route {entry.name!r} is unavailable (circuit open)", "circuit_open",
+                        headers={"retry-after": str(max(math.ceil(wait), 1))})
 
 
 def target_failed(exc: UpstreamError) -> bool:
@@ -154,10 +157,7 @@ async def _tracked(state: GatewayState, target: Target, request: Request, slot: 
         answer = await _attempts(state, target, request)
     except UpstreamError as exc:
         stats.in_flight -= 1
-        if target_failed(exc):
-            breaker.failure()
-        elif exc.status < 500 and exc.status != 429:  # a client error: the target is well, it answered
-            breaker.success()
+        _judge(breaker, exc)
         raise
     except BaseException:
         stats.in_flight -= 1
@@ -166,6 +166,15 @@ async def _tracked(state: GatewayState, target: Target, request: Request, slot: 
     stats.observe(now - started, now)
     breaker.success()
     return _released(answer, slot)
+
+
+def _judge(breaker: CircuitBreaker, exc: UpstreamError) -> None:
+    """What a failed try tells the target's circuit: a failure, a sign of health (a client
+    error: the target answered), or nothing (a 429 or an exhausted key pool)."""
+    if target_failed(exc):
+        breaker.failure()
+    elif exc.status < 500 and exc.status != 429 and exc.reason != "keys":
+        breaker.success()
 
 
 def _released(answer: Answer, slot: Slot) -> Answer:
