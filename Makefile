@@ -28,18 +28,19 @@ run: venv ## serve gateway.yaml.example on :8050 (demo key sk-demo, model demo/e
 	$(BIN)/vte-proxy serve --config $(CONFIG) --port $(PORT)
 
 # Debian packages the tests use: chromium (status-page browser test), libjemalloc2 (the image's
-# allocator), podman & co. (the image built and run), prometheus (brings promtool: scraping,
-# dashboard queries, alert unit tests).
-DEBS := chromium libjemalloc2 podman runc buildah debootstrap uidmap slirp4netns fuse-overlayfs prometheus
+# allocator), redis-server (limits tests), podman & co. (the image built and run), prometheus
+# (brings promtool: scraping, dashboard queries, alert unit tests).
+DEBS := chromium libjemalloc2 redis-server podman runc buildah debootstrap uidmap slirp4netns fuse-overlayfs \
+        prometheus
 
 test: venv ## run the test suite (installs the Debian packages below if missing)
 	@command -v chromium >/dev/null 2>&1 && ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 \
 	  && command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 \
 	  && command -v debootstrap >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
-	  || $(MAKE) --no-print-directory debs
+	  && command -v redis-server >/dev/null 2>&1 || $(MAKE) --no-print-directory debs
 	$(BIN)/python -m pytest -q -rs
 
-debs: ## install the Debian packages the tests use (chromium, libjemalloc2, podman, debootstrap, prometheus)
+debs: ## install the Debian packages the tests use (chromium, libjemalloc2, redis-server, podman, prometheus...)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null
 
 lint: venv ## ruff and mypy --strict

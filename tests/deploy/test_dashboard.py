@@ -32,6 +32,8 @@ METRICS = {
     "vte_upstream_key_state",
     "vte_route_selections_total",
     "vte_limits_store_errors_total",
+    "vte_circuit_breaker_state",
+    "vte_usage_estimated_total",
 }
 # Labels each metric has (PRODUCT.md), plus the ones Prometheus adds to every series.
 LABELS = {
@@ -51,6 +53,8 @@ LABELS = {
     "vte_upstream_key_state": {"provider", "upstream_key", "state"},
     "vte_route_selections_total": {"route", "target"},
     "vte_limits_store_errors_total": {"store"},
+    "vte_circuit_breaker_state": {"route", "target", "state"},
+    "vte_usage_estimated_total": {"provider"},
 }
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 UNITS = {"s", "ms", "reqps", "ops", "short", "none", "percent", "percentunit", "dtdurations", "dateTimeFromNow",
@@ -210,6 +214,7 @@ def test_panels_of_spend_limits_routes_keys_and_apis(dashboard: dict[str, Any]) 
         "Rate-limited requests by key, scope and kind": ("sum by (key, scope, kind) (rate(vte_rate_limited_total",
                                                          "reqps"),
         "Upstream keys by state": ("count by (provider, state) (vte_upstream_key_state", "short"),
+        "Upstream keys not ready": ("sum by (provider, upstream_key, state) (vte_upstream_key_state", "short"),
         "Route selections by target": ("sum by (route, target) (rate(vte_route_selections_total", "reqps"),
         "Limits store errors": ("sum by (store) (rate(vte_limits_store_errors_total", "ops"),
     }

@@ -922,6 +922,17 @@ def test_redis_store_with_a_string_config_must_reference_the_url(chart: helm_pyt
     assert "REDIS_URL" in env_of(docs)
 
 
+def test_rendered_redis_config_passes_vte_proxy_check(chart: helm_python.Chart, tmp_path: Path) -> None:
+    """With limits.store=redis the gateway accepts the limits block the chart adds."""
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(gateway_of(render(chart, SCENARIOS["redisLimits"]))))
+    env = {**os.environ, "VTE_DEMO_KEY": "demo-key-for-check", "REDIS_URL": "redis://:Sup3rSecretPW@redis-master:6379/0"}
+    result = subprocess.run([sys.executable, "-m", "vte_proxy", "check", str(config_file)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Sup3rSecretPW" not in result.stdout + result.stderr
+
+
 def test_schema_knows_the_limits_store(chart: helm_python.Chart) -> None:
     for bad in ({"limits": {"store": "etcd"}}, {"limits": {"redis": {"onError": "maybe"}}},
                 {"limits": {"redis": {"url": "redis://x"}}}):
