@@ -1,0 +1,234 @@
+"""Streams both ways: OpenAI chat chunks <-> Anthropic's named SSE events.
+
+:class:`ChatToMessages` turns the chunks of an OpenAI-compatible upstream into the exact event
+sequence Anthropic's clients expect::
+
+    message_start{message, usage}          once, first
+    content_block_start{index, block}      text, thinking (from reasoning_content) or tool_use
+    content_block_delta{index, delta}      text_delta | thinking_delta | input_json_delta
+    content_block_stop{index}              before the next block starts, and at the end
+    message_delta{delta{stop_reason}, usage}   cumulative usage
+    message_stop
+
+An upstream stream that ends before its finish_reason gets an ``error`` event instead of the
+last two (:func:`error_event`), so clients see a failure and never a short answer.
+
+:class:`MessagesToChat` does the reverse for OpenAI clients of an ``anthropic`` provider: chat
+chunks, the finish chunk, then one usage chunk (cached tokens included).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from vte_proxy.anthropic.errors import error_body
+from vte_proxy.anthropic.ids import message_id, tool_use_id, with_signature
+from vte_proxy.anthropic.responses import FINISH_REASONS, STOP_REASONS, usage_to_anthropic, usage_to_openai
+from vte_proxy.anthropic.to_chat import as_dict
+
+Event = tuple[str, dict[str, Any]]
+
+
+def sse(name: str, data: dict[str, Any]) -> bytes:
+    """One named SSE event, without the blank line that ends it."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data)
+
+
+def error_event(status: int, message: str) -> bytes:
+    """The mid-stream ``error`` event for a failure of ``status``."""
+    return sse("error", error_body(status, message))
+
+
+class ChatToMessages:
+    """OpenAI chat chunks -> Anthropic events. Feed each chunk, then call :meth:`finish`."""
+
+    def __init__(self, model: str, input_tokens: int = 0) -> None:
+        self.model = model
+        self.finished = False                 # a finish_reason arrived
+        self._input_tokens = input_tokens     # an estimate until the upstream reports usage
+        self._started = False
+        self._index = -1
+        self._open: str | None = None          # "text" | "thinking" | "tool"
+        self._tool_index: Any = None           # the OpenAI index of the open tool call
+        self._tool_id: str | None = None
+        self._reason = "end_turn"
+        self._usage: dict[str, int] | None = None
+
+    def _start(self) -> list[Event]:
+        self._started = True
+        usage = {"input_tokens": self._input_tokens, "output_tokens": 0,
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        message: dict[str, Any] = {"id": message_id(), "type": "message", "role": "assistant", "model": self.model,
+                                   "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}
+        return [("message_start", {"type": "message_start", "message": message})]
+
+    def _close(self) -> list[Event]:
+        if self._open is None:
+            return []
+        self._open = None
+        return [("content_block_stop", {"type": "content_block_stop", "index": self._index})]
+
+    def _open_block(self, kind: str, block: dict[str, Any]) -> list[Event]:
+        events = self._close()
+        self._index += 1
+        self._open = kind
+        return [*events, ("content_block_start", {"type": "content_block_start", "index": self._index,
+                                                  "content_block": block})]
+
+    def _delta(self, delta: dict[str, Any]) -> Event:
+        return "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}
+
+    def _text(self, kind: str, text: str) -> list[Event]:
+        events: list[Event] = []
+        if self._open != kind:
+            events = self._open_block(kind, {"type": "text", "text": ""} if kind == "text"
+                                      else {"type": "thinking", "thinking": "", "signature": ""})
+        key = "text" if kind == "text" else "thinking"
+        return [*events, self._delta({"type": f"{key}_delta", key: text})]
+
+    def _tool(self, call: dict[str, Any]) -> list[Event]:
+        events: list[Event] = []
+        function = as_dict(call.get("function"))
+        index, call_id = call.get("index", 0), call.get("id")
+        # A new call: another index, or (upstreams that number every call 0) another id.
+        if self._open != "tool" or index != self._tool_index or (call_id and call_id != self._tool_id):
+            self._tool_index, self._tool_id = index, call_id or tool_use_id()
+            name = function.get("name") or ""
+            events = self._open_block("tool", {"type": "tool_use", "id": self._tool_id, "name": name, "input": {}})
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            events.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
+        return events
+
+    def _choice(self, choice: dict[str, Any]) -> list[Event]:
+        events: list[Event] = []
+        delta = as_dict(choice.get("delta"))
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            events += self._text("thinking", reasoning)
+        if isinstance(delta.get("content"), str) and delta["content"]:
+            events += self._text("text", delta["content"])
+        for call in delta.get("tool_calls") or ():
+            if isinstance(call, dict):
+                events += self._tool(call)
+        if choice.get("finish_reason"):
+            self.finished = True
+            self._reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+        return events
+
+    def feed(self, chunk: dict[str, Any]) -> list[Event]:
+        """The events one upstream chunk brings (only the first choice is translated)."""
+        events = [] if self._started else self._start()
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = usage_to_anthropic(chunk["usage"])
+        choices = chunk.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict) and choices[0].get("index", 0) == 0:
+            events += self._choice(choices[0])
+        return events
+
+    def finish(self) -> list[Event]:
+        """The closing events: the open block's stop, message_delta with usage, message_stop."""
+        events = [] if self._started else self._start()
+        events += self._close()
+        if self._reason == "end_turn" and self._index >= 0 and self._tool_index is not None:
+            self._reason = "tool_use"  # some upstreams say "stop" after a tool call
+        usage = self._usage or {"input_tokens": self._input_tokens, "output_tokens": 0,
+                                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        events.append(("message_delta", {"type": "message_delta", "usage": usage,
+                                         "delta": {"stop_reason": self._reason, "stop_sequence": None}}))
+        events.append(("message_stop", {"type": "message_stop"}))
+        return events
+
+    @property
+    def usage(self) -> dict[str, int] | None:
+        """The upstream's usage in Anthropic's terms, once it arrived."""
+        return self._usage
+
+
+class MessagesToChat:
+    """Anthropic events -> OpenAI chat chunks. Feed each (event name, data); then :meth:`usage_chunk`."""
+
+    def __init__(self, model: str, chunk_id: str | None = None, created: int | None = None) -> None:
+        self.model = model
+        self.id = chunk_id or "chatcmpl-" + message_id().removeprefix("msg_")
+        self.created = created or int(time.time())
+        self.finished = False      # message_delta with a stop_reason arrived
+        self.stopped = False       # message_stop arrived
+        self.error: dict[str, Any] | None = None
+        self._usage: dict[str, Any] = {}
+        self._signature: str | None = None
+        self._tools = -1
+        self._block = ""
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+    def _block_start(self, block: dict[str, Any]) -> list[dict[str, Any]]:
+        self._block = str(block.get("type", ""))
+        if self._block == "tool_use":
+            self._tools += 1
+            tool_id = with_signature(str(block.get("id", "")), self._signature if self._tools == 0 else None)
+            call = {"index": self._tools, "id": tool_id, "type": "function",
+                    "function": {"name": block.get("name", ""), "arguments": ""}}
+            return [self._chunk({"tool_calls": [call]})]
+        if self._block == "text" and block.get("text"):
+            return [self._chunk({"content": block["text"]})]
+        return []
+
+    def _block_delta(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            return [self._chunk({"content": delta.get("text", "")})]
+        if kind == "thinking_delta":
+            return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
+        if kind == "signature_delta":
+            self._signature = (self._signature or "") + str(delta.get("signature", ""))
+        elif kind == "input_json_delta" and delta.get("partial_json"):
+            call = {"index": self._tools, "function": {"arguments": delta["partial_json"]}}
+            return [self._chunk({"tool_calls": [call]})]
+        return []
+
+    def _message_start(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        self._usage.update(message.get("usage") or {})
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def _message_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        usage = data.get("usage")
+        if isinstance(usage, dict):  # cumulative: later figures replace earlier ones
+            self._usage.update({k: v for k, v in usage.items() if v is not None})
+        reason = (data.get("delta") or {}).get("stop_reason")
+        if not reason:
+            return []
+        self.finished = True
+        return [self._chunk({}, FINISH_REASONS.get(reason, "stop"))]
+
+    def feed(self, name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chat chunks one Anthropic event brings (``name`` falls back to ``data.type``)."""
+        kind = data.get("type") or name
+        if kind == "message_start" and isinstance(data.get("message"), dict):
+            return self._message_start(data["message"])
+        if kind == "content_block_start" and isinstance(data.get("content_block"), dict):
+            return self._block_start(data["content_block"])
+        if kind == "content_block_delta" and isinstance(data.get("delta"), dict):
+            return self._block_delta(data["delta"])
+        if kind == "message_delta":
+            return self._message_delta(data)
+        if kind == "message_stop":
+            self.stopped = True
+        elif kind == "error":
+            self.error = data.get("error") if isinstance(data.get("error"), dict) else {"message": "stream error"}
+        return []
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """The final usage-only chunk (``choices: []``), cached tokens included."""
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [], "usage": usage_to_openai(self._usage)}
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        """The cumulative Anthropic usage seen so far."""
+        return dict(self._usage)
