@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 StreamMode = Literal["auto", "force_stream", "force_non_stream"]
-ProviderType = Literal["openai", "vertex-express", "echo"]
+ProviderType = Literal["openai", "anthropic", "vertex-express", "echo"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -87,7 +87,8 @@ class Discover(_Frozen):
 class ProviderConfig(_Frozen):
     name: str = Field(pattern=_NAME)
     type: ProviderType
-    base_url: str | None = Field(None, description="API root, e.g. https://api.openai.com/v1")
+    base_url: str | None = Field(None, description="API root, e.g. https://api.openai.com/v1 "
+                                 "(anthropic: https://api.anthropic.com by default)")
     api_key: SecretStr | None = None
     prefix: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:-]*)?$")
     models: tuple[str, ...] = ()
@@ -129,10 +130,10 @@ class ProviderConfig(_Frozen):
     def _by_type(self) -> ProviderConfig:
         if self.type == "openai" and self.base_url is None:
             raise ValueError("base_url is required for type openai")
-        if self.type == "vertex-express" and self.api_key is None:
-            raise ValueError("api_key is required for type vertex-express")
-        if self.type != "openai" and self.discover.enabled:
-            raise ValueError(f"discover is only supported for type openai, not {self.type}")
+        if self.type in ("vertex-express", "anthropic") and self.api_key is None:
+            raise ValueError(f"api_key is required for type {self.type}")
+        if self.type not in ("openai", "anthropic") and self.discover.enabled:
+            raise ValueError(f"discover is only supported for types openai and anthropic, not {self.type}")
         if not self.models and not self.discover.enabled:
             raise ValueError("models must list at least one model (or enable discover)")
         return self
