@@ -65,7 +65,7 @@ async def test_native_messages_pass_through_untouched_but_model(up: AnthropicUps
     body = {"model": "claude/claude-test", "max_tokens": 50, "messages": [{"role": "user", "content": [block]}],
         "thinking": {"type": "adaptive"}, "context_management": {"edits": []}, "unknown_future_field": 1}
     headers = {"anthropic-version": "2099-01-01", "anthropic-beta": "context-management-2025-06-27"}
-    answer = await p.send(Call("messages", body, TARGET, stream=False, headers=headers))
+    answer = await p.send(Call("messages", body, TARGET, stream=False, headers=headers, dialect="anthropic"))
     assert isinstance(answer, JsonAnswer) and answer.body["content"][0]["text"] == "hello"
     sent = up.requests[0]
     assert sent.body == {**body, "model": "claude-test"}
@@ -79,7 +79,7 @@ async def test_native_stream_is_passed_as_anthropic_events(up: AnthropicUpstream
     p = provider(upstream[1])
     up.push_stream(message_events(text_message("hello there")))
     body = {"model": "x", "max_tokens": 50, "messages": [USER]}
-    answer = await p.send(Call("messages", body, TARGET, stream=True))
+    answer = await p.send(Call("messages", body, TARGET, stream=True, dialect="anthropic"))
     assert isinstance(answer, StreamAnswer)
     events = parse_sse(b"\n\n".join(await collect(answer)) + b"\n\n")
     assert replay_stream(events).content[0].text == "hello there"  # type: ignore[union-attr]
@@ -90,7 +90,7 @@ async def test_native_stream_is_passed_as_anthropic_events(up: AnthropicUpstream
 async def test_count_tokens_is_native(up: AnthropicUpstream, upstream: tuple[Any, str]) -> None:
     p = provider(upstream[1])
     body = {"model": "x", "messages": [USER], "system": "s"}
-    answer = await p.send(Call("messages/count_tokens", body, TARGET, stream=False))
+    answer = await p.send(Call("messages/count_tokens", body, TARGET, stream=False, dialect="anthropic"))
     assert isinstance(answer, JsonAnswer) and answer.body == {"input_tokens": 42}
     assert up.requests[0].path == "/v1/messages/count_tokens" and up.requests[0].body["model"] == "claude-test"
     await p.aclose()
@@ -104,7 +104,7 @@ async def test_chat_is_translated_both_ways(up: AnthropicUpstream, upstream: tup
     answer = await p.send(Call("chat/completions", body, TARGET, stream=False))
     assert isinstance(answer, JsonAnswer)
     chat = ChatCompletion.model_validate(answer.body)
-    assert chat.choices[0].message.content == "hello" and chat.model == "claude/claude-test"
+    assert chat.choices[0].message.content == "hello" and chat.model == "claude-test"  # shaping renames
     assert chat.usage is not None and chat.usage.prompt_tokens == 112 and chat.usage.completion_tokens == 2
     assert chat.usage.prompt_tokens_details is not None and chat.usage.prompt_tokens_details.cached_tokens == 100
     sent = up.requests[0].body
@@ -119,7 +119,7 @@ async def test_chat_stream_with_thinking_and_tools(up: AnthropicUpstream, upstre
     body = {"model": "m", "stream": True, "messages": [USER], "tools": [
         {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}
     answer = await p.send(Call("chat/completions", body, TARGET, stream=True))
-    assert isinstance(answer, StreamAnswer) and not answer.rewrite_model
+    assert isinstance(answer, StreamAnswer)
     events = await collect(answer)
     assert events[-1] == b"data: [DONE]"
     chunks = [ChatCompletionChunk.model_validate(orjson.loads(ev[6:])) for ev in events[:-1]]
@@ -163,7 +163,7 @@ async def test_errors_native_and_translated(up: AnthropicUpstream, upstream: tup
     endpoint, body = ("messages", {"model": "m", "max_tokens": 5, "messages": [USER]}) if native else (
         "chat/completions", {"model": "m", "messages": [USER]})
     with pytest.raises(UpstreamError) as info:
-        await p.send(Call(endpoint, body, TARGET, stream=False))
+        await p.send(Call(endpoint, body, TARGET, stream=False, dialect="anthropic" if native else "openai"))
     err = info.value
     assert err.status == 429 and err.retryable and err.headers == {"retry-after": "7"}
     decoded = orjson.loads(err.json())
@@ -180,7 +180,8 @@ async def test_bad_key_and_untranslatable_body(upstream: tuple[Any, str], up: An
                             models=("claude-test",))
     p = AnthropicProvider(config)
     with pytest.raises(UpstreamError) as info:
-        await p.send(Call("messages", {"model": "m", "max_tokens": 5, "messages": [USER]}, TARGET, stream=False))
+        await p.send(Call("messages", {"model": "m", "max_tokens": 5, "messages": [USER]}, TARGET, stream=False,
+                          dialect="anthropic"))
     assert info.value.status == 401 and not info.value.retryable
     with pytest.raises(GatewayError) as bad:
         await p.send(Call("chat/completions", {"model": "m", "messages": []}, TARGET, stream=False))

@@ -17,7 +17,6 @@ discovered through ``GET /v1/models`` (paged).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -27,8 +26,7 @@ from vte_proxy.anthropic import MessagesToChat, chat_to_messages, message_to_cha
 from vte_proxy.anthropic.errors import ERROR_TYPES
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
-from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
-from vte_proxy.providers.openai import parse_json_answer
+from vte_proxy.providers.base import Answer, Call, EventBatches, JsonAnswer, Provider, StreamAnswer
 from vte_proxy.sse import DONE, data_of, event, split_events
 from vte_proxy.upstream import ConnectorFactory, Upstream, UpstreamResponse
 
@@ -42,8 +40,7 @@ _MAX_MODEL_PAGES = 20
 
 def is_native(call: Call) -> bool:
     """Whether ``call.body`` is a Messages body (the Anthropic dialect) rather than OpenAI chat."""
-    dialect = getattr(call, "dialect", None)  # set by the pipeline; the endpoint tells before it
-    return dialect == "anthropic" if isinstance(dialect, str) else call.endpoint in NATIVE_ENDPOINTS
+    return call.dialect == "anthropic"
 
 
 class AnthropicProvider(Provider):
@@ -82,47 +79,30 @@ class AnthropicProvider(Provider):
         endpoint = call.endpoint if native else "messages"
         body = orjson.dumps(self._body(call, native))  # a 400 before any network for untranslatable bodies
         response = await self.upstream.send("POST", self._base + endpoint, self._request_headers(call), body,
-                                            raise_for_status=False)
-        if response.status >= 300:
-            raise await self._error(response, native)
+                                            shaper=None if native else openai_error)
         if call.stream and endpoint == "messages":
             if native:
                 return StreamAnswer(split_events(response.iter_bytes()), response.aclose)
-            translator = MessagesToChat(call.reply_model)
-            return StreamAnswer(self._chat_events(response, translator), response.aclose, rewrite_model=False)
-        try:
-            raw = await response.read()
-        finally:
-            await response.aclose()
-        answer = parse_json_answer(self.name, raw)
-        return JsonAnswer(answer if native else message_to_chat(answer, call.reply_model))
+            translator = MessagesToChat(call.target.upstream_model)
+            return StreamAnswer(self._chat_events(response, translator), response.aclose)
+        answer = await response.read_json()
+        return JsonAnswer(answer if native else message_to_chat(answer, call.target.upstream_model))
 
-    async def _error(self, response: UpstreamResponse, native: bool) -> UpstreamError:
-        """A non-2xx answer: Anthropic's own body for native calls, OpenAI's shape otherwise."""
-        raw = await response.error_body()
-        retry_after = response.headers.get("retry-after")
-        body = raw if native and raw[:1] == b"{" else orjson.dumps(to_openai(response.status, raw))
-        return UpstreamError(response.status, f"provider {self.name!r} answered HTTP {response.status}", "status",
-                             retryable=response.status == 429 or response.status >= 500, body=body,
-                             headers={"retry-after": retry_after} if retry_after else None)
-
-    async def _chat_events(self, response: UpstreamResponse, translator: MessagesToChat) -> AsyncIterator[list[bytes]]:
-        """Anthropic events -> OpenAI chunk events, the usage chunk, then ``[DONE]``.
-
-        An ``error`` event, or a stream that ends before its stop_reason, raises UpstreamError
-        (the proxy turns it into an SSE error event, or a 502 when it assembles a completion).
-        """
+    async def _chat_events(self, response: UpstreamResponse, translator: MessagesToChat) -> EventBatches:
+        """Anthropic events -> OpenAI chunk events; once the stop_reason came, the usage chunk
+        and ``[DONE]``. An ``error`` event raises; a stream that ends early simply ends
+        (shaping judges it truncated)."""
         try:
             async for batch in split_events(response.iter_bytes()):
                 out = [event(chunk) for ev in batch for chunk in self._translate(ev, translator)]
                 if out:
                     yield out
         except UpstreamError as exc:
+            # A connection lost after the stop_reason (before message_stop) loses nothing.
             if not translator.finished or exc.reason not in ("truncated", "idle", "timeout"):
                 raise
-        if not translator.finished:
-            raise UpstreamError(502, f"provider {self.name!r} ended the stream before it was complete", "truncated")
-        yield [event(translator.usage_chunk()), DONE]
+        if translator.finished:
+            yield [event(translator.usage_chunk()), DONE]
 
     def _translate(self, ev: bytes, translator: MessagesToChat) -> list[dict[str, Any]]:
         payload = data_of(ev)
@@ -133,7 +113,8 @@ class AnthropicProvider(Provider):
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise UpstreamError(502, f"provider {self.name!r} sent an invalid stream event", "protocol") from None
+            raise UpstreamError(self.name, 502, f"provider {self.name!r} sent an invalid stream event",
+                                "protocol") from None
         chunks = translator.feed("", obj) if isinstance(obj, dict) else []
         if translator.error is not None:
             raise stream_error(self.name, translator.error)
@@ -147,8 +128,8 @@ class AnthropicProvider(Provider):
             page = await self._models_page(headers, after)
             data = page.get("data")
             if not isinstance(data, list):
-                raise UpstreamError(502, f"provider {self.name!r} answered /v1/models without a data list",
-                                    "discovery")
+                raise UpstreamError(self.name, 502, f"provider {self.name!r} answered /v1/models without a data "
+                                    "list", "discovery")
             ids += [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
             if not page.get("has_more") or not ids:
                 break
@@ -157,15 +138,16 @@ class AnthropicProvider(Provider):
 
     async def _models_page(self, headers: dict[str, str], after: str) -> dict[str, Any]:
         query = "?limit=1000" + (f"&after_id={quote(after, safe='')}" if after else "")
-        response = await self.upstream.send("GET", self._base + "models" + query, headers)
-        try:
-            raw = await response.read()
-        finally:
-            await response.aclose()
-        return parse_json_answer(self.name, raw)
+        response = await self.upstream.send("GET", self._base + "models" + query, headers, reason="discovery")
+        return await response.read_json()
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+
+
+def openai_error(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
+    """The error shaper for translated calls: Anthropic's error body in OpenAI's shape."""
+    return status, to_openai(status, body)
 
 
 def stream_error(provider: str, error: dict[str, Any]) -> UpstreamError:
@@ -174,5 +156,5 @@ def stream_error(provider: str, error: dict[str, Any]) -> UpstreamError:
     status = _STATUS_BY_TYPE.get(kind, 502)
     message = str(error.get("message") or "stream error")
     body = {"error": {"message": message, "type": kind, "code": kind}}
-    return UpstreamError(status, f"provider {provider!r} reported an error mid-stream: {message}", "truncated",
-                         code=kind, body=orjson.dumps(body))
+    return UpstreamError(provider, status, f"provider {provider!r} reported an error mid-stream: {message}",
+                         "truncated", code=kind, body=orjson.dumps(body))
