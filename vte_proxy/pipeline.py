@@ -13,9 +13,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vte_proxy.anthropic import calls as anthropic_calls
+from vte_proxy.anthropic.shaping import shape_messages
 from vte_proxy.auth import ClientKey
 from vte_proxy.errors import GatewayError, UpstreamError
-from vte_proxy.providers.base import Answer, Call
+from vte_proxy.providers.base import Answer, Call, JsonAnswer
 from vte_proxy.record import RequestRecord
 from vte_proxy.routing import Entry, Target
 from vte_proxy.shaping import Plan, Reply, shape
@@ -23,9 +25,11 @@ from vte_proxy.state import GatewayState
 
 log = logging.getLogger("vte_proxy.pipeline")
 
-# Client headers passed to OpenAI-type upstreams; everything else (Authorization, cookies,
-# hop-by-hop, Host) is never forwarded.
-FORWARDED_HEADERS = (b"openai-beta", b"x-request-id")
+# Client headers passed to upstreams (anthropic-*: to Anthropic upstreams only); everything else
+# (Authorization, cookies, hop-by-hop, Host) is never forwarded.
+FORWARDED_HEADERS = (b"openai-beta", b"x-request-id", b"anthropic-version", b"anthropic-beta")
+# Endpoints whose upstream call follows the stream policy (stream_mode).
+POLICY_ENDPOINTS = ("chat/completions", "messages")
 RETRY_STATUSES = (502, 503, 504)
 
 
@@ -56,6 +60,10 @@ async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> R
     answer, target = await call_targets(state, entry, request, tracker)
     plan = Plan(request.endpoint, entry.name, target.provider, target.upstream_model, request.client_stream,
                 keep_usage=request.endpoint == "responses" or wants_usage(request.body))
+    if request.dialect == "anthropic":
+        native = request.endpoint == anthropic_calls.COUNT_TOKENS or anthropic_calls.is_native(
+            state.providers.providers[target.provider].config.type)
+        return await shape_messages(answer, plan, native)
     return await shape(answer, plan)
 
 
@@ -81,9 +89,9 @@ def wants_usage(body: dict[str, Any]) -> bool:
 
 def upstream_streams(state: GatewayState, request: Request, target: Target) -> bool:
     """Whether to call the upstream streaming: the stream policy (chat only) or the client."""
-    if request.endpoint == "embeddings":
+    if request.endpoint in ("embeddings", anthropic_calls.COUNT_TOKENS):
         return False
-    if request.endpoint == "chat/completions":
+    if request.endpoint in POLICY_ENDPOINTS:
         mode = state.stream_modes[target.provider]
         if mode != "auto":
             return mode == "force_stream"
@@ -115,6 +123,11 @@ async def _attempts(state: GatewayState, target: Target, request: Request) -> An
     provider = state.providers.providers[target.provider]
     call = Call(request.endpoint, request.body, target, upstream_streams(state, request, target), request.headers,
                 request.dialect)
+    if request.dialect != "openai":
+        prepared = anthropic_calls.prepare(call, provider.config.type)
+        if isinstance(prepared, JsonAnswer):
+            return prepared  # answered without a call (count_tokens estimate)
+        call = prepared
     retries = provider.config.retries
     for attempt in range(retries + 1):
         try:

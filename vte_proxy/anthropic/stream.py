@@ -232,3 +232,96 @@ class MessagesToChat:
     def usage(self) -> dict[str, Any]:
         """The cumulative Anthropic usage seen so far."""
         return dict(self._usage)
+
+
+# --- whole messages <-> event sequences (stream policy conversions on native answers) ---------
+
+_EMPTY_BLOCKS: dict[str, dict[str, Any]] = {"text": {"type": "text", "text": ""},
+                                            "thinking": {"type": "thinking", "thinking": "", "signature": ""}}
+
+
+def _block_events(index: int, block: dict[str, Any]) -> list[Event]:
+    kind = block.get("type")
+    start = _EMPTY_BLOCKS.get(str(kind)) or ({**block, "input": {}} if kind == "tool_use" else block)
+    deltas: list[dict[str, Any]] = []
+    if kind == "text":
+        deltas = [{"type": "text_delta", "text": block.get("text", "")}]
+    elif kind == "thinking":
+        deltas = [{"type": "thinking_delta", "thinking": block.get("thinking", "")},
+                  {"type": "signature_delta", "signature": block.get("signature", "")}]
+    elif kind == "tool_use":
+        deltas = [{"type": "input_json_delta", "partial_json": orjson.dumps(block.get("input") or {}).decode()}]
+    events: list[Event] = [("content_block_start", {"type": "content_block_start", "index": index,
+                                                    "content_block": start})]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}) for d in deltas]
+    return [*events, ("content_block_stop", {"type": "content_block_stop", "index": index})]
+
+
+def message_to_events(message: dict[str, Any]) -> list[Event]:
+    """The event sequence that streams ``message`` (a complete Messages answer) whole."""
+    blocks = message.get("content") if isinstance(message.get("content"), list) else []
+    usage = as_dict(message.get("usage"))
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    events: list[Event] = [("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(blocks or ()):
+        events += _block_events(index, as_dict(block))
+    delta = {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}
+    events.append(("message_delta", {"type": "message_delta", "delta": delta,
+                                     "usage": {"output_tokens": usage.get("output_tokens", 0)}}))
+    return [*events, ("message_stop", {"type": "message_stop"})]
+
+
+class MessageAssembler:
+    """Builds the complete Messages answer from its events (what the SDKs' stream helpers do)."""
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] | None = None
+        self.stopped = False
+        self.error: dict[str, Any] | None = None
+        self._json: dict[int, str] = {}
+
+    def _block(self, index: Any) -> dict[str, Any]:
+        content = self.message["content"] if self.message else []
+        return content[index] if isinstance(index, int) and 0 <= index < len(content) else {}
+
+    def _delta(self, index: Any, delta: dict[str, Any]) -> None:
+        block, kind = self._block(index), delta.get("type")
+        if kind == "text_delta":
+            block["text"] = block.get("text", "") + str(delta.get("text", ""))
+        elif kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + str(delta.get("thinking", ""))
+        elif kind == "signature_delta":
+            block["signature"] = block.get("signature", "") + str(delta.get("signature", ""))
+        elif kind == "input_json_delta":
+            self._json[index] = self._json.get(index, "") + str(delta.get("partial_json", ""))
+
+    def _stop(self, index: Any) -> None:
+        if index in self._json:
+            block = self._block(index)
+            block["input"] = orjson.loads(self._json.pop(index) or "{}")
+
+    def _message_delta(self, data: dict[str, Any]) -> None:
+        if self.message is None:
+            return
+        self.message.update({k: v for k, v in as_dict(data.get("delta")).items() if k in ("stop_reason",
+                                                                                            "stop_sequence")})
+        usage = {k: v for k, v in as_dict(data.get("usage")).items() if v is not None}
+        self.message["usage"] = {**as_dict(self.message.get("usage")), **usage}
+
+    def feed(self, data: dict[str, Any]) -> None:
+        """One event's data object (an invalid tool input JSON raises orjson.JSONDecodeError)."""
+        kind = data.get("type")
+        if kind == "message_start":
+            self.message = {**as_dict(data.get("message")), "content": []}
+        elif kind == "content_block_start" and self.message is not None:
+            self.message["content"].append(dict(as_dict(data.get("content_block"))))
+        elif kind == "content_block_delta":
+            self._delta(data.get("index"), as_dict(data.get("delta")))
+        elif kind == "content_block_stop":
+            self._stop(data.get("index"))
+        elif kind == "message_delta":
+            self._message_delta(data)
+        elif kind == "message_stop":
+            self.stopped = True
+        elif kind == "error":
+            self.error = as_dict(data.get("error"))
