@@ -13,6 +13,8 @@ Anthropic-shaped errors; otherwise the next canned reply a test pushed::
     ... run ``upstream.app`` (uvicorn, or httpx.ASGITransport) ...
     upstream.requests[0].body["messages"]
 
+With the script empty, ``upstream.responder`` (if set) answers: a function of the request body
+that returns a complete message (streamed as events when the request streams).
 ``count_tokens`` answers ``{"input_tokens": upstream.token_count}`` unless a reply is scripted;
 ``/v1/models`` lists ``upstream.models``. Every request is recorded (rejected ones too).
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +138,7 @@ class AnthropicUpstream:
     models: list[str] = field(default_factory=lambda: ["claude-test", "claude-other"])
     requests: list[Recorded] = field(default_factory=list)
     script: deque[Reply] = field(default_factory=deque)
+    responder: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self.app = Starlette(routes=[
@@ -208,9 +211,13 @@ class AnthropicUpstream:
         rejected = rejected or self._check_body(record, count_only=False)
         if rejected:
             return rejected
+        stream = bool(record.body.get("stream"))
+        if not self.script and self.responder is not None:
+            answer = self.responder(record.body)
+            self.push(Reply(events=message_events(answer)) if stream else Reply(json=answer))
         if not self.script:
             return self._reject(record, 500, "anthropic test upstream: no canned reply left")
-        response = await self._answer(self.script.popleft(), record, bool(record.body.get("stream")))
+        response = await self._answer(self.script.popleft(), record, stream)
         record.answered = response.status_code
         return response
 
