@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,19 @@ FORWARDED_HEADERS = (b"openai-beta", b"x-request-id", b"anthropic-version", b"an
 # Endpoints whose upstream call follows the stream policy (stream_mode).
 POLICY_ENDPOINTS = ("chat/completions", "messages")
 RETRY_STATUSES = (502, 503, 504)
+
+
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """What an ingress dialect other than OpenAI's (canonical) adds to the walk: the call each
+    provider type gets (or an answer without one), and the shaping back into the dialect."""
+
+    prepare: Callable[[Call, str], Call | JsonAnswer]                 # (call, provider type)
+    shape: Callable[[Answer, Plan, str], Awaitable[Reply]]            # (answer, plan, provider type)
+
+
+# Ingress dialects by name (Request.dialect); OpenAI's is the canonical form and needs none.
+INGRESS = {"anthropic": Ingress(anthropic_calls.prepare, shape_messages)}
 
 
 class Tracker(Protocol):
@@ -60,11 +74,10 @@ async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> R
     answer, target = await call_targets(state, entry, request, tracker)
     plan = Plan(request.endpoint, entry.name, target.provider, target.upstream_model, request.client_stream,
                 keep_usage=request.endpoint == "responses" or wants_usage(request.body))
-    if request.dialect == "anthropic":
-        native = request.endpoint == anthropic_calls.COUNT_TOKENS or anthropic_calls.is_native(
-            state.providers.providers[target.provider].config.type)
-        return await shape_messages(answer, plan, native)
-    return await shape(answer, plan)
+    ingress = INGRESS.get(request.dialect)
+    if ingress is None:
+        return await shape(answer, plan)
+    return await ingress.shape(answer, plan, state.providers.providers[target.provider].config.type)
 
 
 def resolve(state: GatewayState, request: Request, rec: RequestRecord) -> Entry:
@@ -123,8 +136,9 @@ async def _attempts(state: GatewayState, target: Target, request: Request) -> An
     provider = state.providers.providers[target.provider]
     call = Call(request.endpoint, request.body, target, upstream_streams(state, request, target), request.headers,
                 request.dialect)
-    if request.dialect != "openai":
-        prepared = anthropic_calls.prepare(call, provider.config.type)
+    ingress = INGRESS.get(request.dialect)
+    if ingress is not None:
+        prepared = ingress.prepare(call, provider.config.type)
         if isinstance(prepared, JsonAnswer):
             return prepared  # answered without a call (count_tokens estimate)
         call = prepared

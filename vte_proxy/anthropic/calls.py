@@ -30,3 +30,8 @@ def prepare(call: Call, provider_type: str) -> Call | JsonAnswer:
         return JsonAnswer({"input_tokens": count_tokens(call.body)})
     headers = {k: v for k, v in call.headers.items() if not k.lower().startswith("anthropic-")}
     return Call("chat/completions", messages_to_chat(call.body), call.target, call.stream, headers, "openai")
+
+
+def is_native_answer(plan_endpoint: str, provider_type: str) -> bool:
+    """Whether the answer to an Anthropic-dialect call is already in Messages terms."""
+    return plan_endpoint == COUNT_TOKENS or is_native(provider_type)

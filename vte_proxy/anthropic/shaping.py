@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from vte_proxy.anthropic.calls import is_native_answer
 from vte_proxy.anthropic.responses import chat_to_message, usage_to_openai
 from vte_proxy.anthropic.stream import ChatToMessages, MessageAssembler, message_to_events, sse
 from vte_proxy.errors import UpstreamError
@@ -31,9 +32,9 @@ from vte_proxy.shaping import JsonReply, Plan, Reply, StreamReply, shape, trunca
 from vte_proxy.sse import DONE, data_of, with_data
 
 
-async def shape_messages(answer: Answer, plan: Plan, native: bool) -> Reply:
-    """The Anthropic-dialect reply for ``answer`` (a Messages answer when ``native``, else chat)."""
-    if not native:
+async def shape_messages(answer: Answer, plan: Plan, provider_type: str) -> Reply:
+    """The Anthropic-dialect reply for ``answer`` from a provider of ``provider_type``."""
+    if not is_native_answer(plan.endpoint, provider_type):
         return as_messages(await shape(answer, replace(plan, endpoint="chat/completions", keep_usage=True)),
                            plan.exposed)
     if isinstance(answer, JsonAnswer):
