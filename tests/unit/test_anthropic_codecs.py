@@ -443,3 +443,20 @@ def test_count_tokens_estimate() -> None:
     with_image = codec.count_tokens({"model": "m", "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}]})
     assert with_image >= 1600
+
+
+def test_unsigned_thinking_is_left_out_for_claude() -> None:
+    from vte_proxy.anthropic.to_messages import without_unsigned_thinking
+
+    signed = [{"role": "user", "content": "a"},
+              {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": SIG},
+                                                {"type": "text", "text": "b"}]}]
+    assert without_unsigned_thinking(signed) is signed
+    mixed = [{"role": "user", "content": "a"},
+             {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": ""},
+                                               {"type": "text", "text": "b"}]},
+             {"role": "assistant", "content": [{"type": "thinking", "thinking": "only", "signature": ""}]},
+             {"role": "user", "content": "c"}]
+    out = without_unsigned_thinking(mixed)
+    assert out == [mixed[0], {"role": "assistant", "content": [{"type": "text", "text": "b"}]}, mixed[3]]
+    assert mixed[1]["content"][0]["signature"] == ""  # the input is left alone

@@ -228,3 +228,26 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stream"):
         out["stream"] = True
     return out
+
+
+def _unsigned(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
+
+
+def without_unsigned_thinking(messages: Any) -> Any:
+    """``messages`` without thinking blocks that have no signature (``messages`` itself when there
+    are none). Such blocks are what a translated provider's reasoning becomes (it has no
+    signature to give); a client that replays them to Claude would get a 400."""
+    if not isinstance(messages, list) or not any(
+            isinstance(m, dict) and isinstance(m.get("content"), list) and any(map(_unsigned, m["content"]))
+            for m in messages):
+        return messages
+    out = []
+    for m in messages:
+        if isinstance(m, dict) and isinstance(m.get("content"), list) and any(map(_unsigned, m["content"])):
+            content = [b for b in m["content"] if not _unsigned(b)]
+            if not content:
+                continue  # a turn of nothing but such thinking: Anthropic merges the turns around it
+            m = {**m, "content": content}
+        out.append(m)
+    return out

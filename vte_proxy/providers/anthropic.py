@@ -3,7 +3,9 @@
 Two ways in:
 
 - a Messages body (``/v1/messages``, ``/v1/messages/count_tokens``: the Anthropic dialect) is
-  passed through untouched but for ``model`` (and ``stream``, which the stream policy decides):
+  passed through untouched but for ``model``, ``stream`` (the stream policy decides it) and
+  thinking blocks without a signature (what another provider's reasoning became; Claude
+  would refuse them):
   ``cache_control``, thinking, betas and whatever Anthropic adds later reach it as sent; the
   answer, stream and errors come back as Anthropic wrote them;
 - an OpenAI chat body (``/v1/chat/completions``) is translated to Messages
@@ -24,6 +26,7 @@ import orjson
 
 from vte_proxy.anthropic import MessagesToChat, chat_to_messages, message_to_chat, to_openai
 from vte_proxy.anthropic.errors import ERROR_TYPES
+from vte_proxy.anthropic.to_messages import without_unsigned_thinking
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
 from vte_proxy.providers.base import Answer, Call, EventBatches, JsonAnswer, Provider, StreamAnswer
@@ -65,6 +68,8 @@ class AnthropicProvider(Provider):
     def _body(self, call: Call, native: bool) -> dict[str, Any]:
         body = dict(call.body) if native else chat_to_messages(call.body)
         body["model"] = call.target.upstream_model
+        if native and "messages" in body:
+            body["messages"] = without_unsigned_thinking(body["messages"])
         if call.endpoint == "messages/count_tokens":
             body.pop("stream", None)
         elif call.stream:
