@@ -60,10 +60,15 @@ def as_messages(reply: Reply, exposed: str) -> Reply:
 
 
 async def _chat_events_as_messages(events: EventBatches, exposed: str) -> EventBatches:
+    """Chat chunk events -> Anthropic events; the closing events go out with ``[DONE]``'s batch
+    (one write, not two)."""
     translator = ChatToMessages(exposed)
     try:
         async for batch in events:
             out = [sse(name, data) for ev in batch if ev != DONE for name, data in _feed(translator, ev)]
+            if batch[-1] == DONE:
+                yield out + [sse(name, data) for name, data in translator.finish()]
+                return
             if out:
                 yield out
     finally:
