@@ -45,6 +45,33 @@ PROVIDERS = """\
   api_key: ${{TEST_ANTHROPIC_KEY}}
   prefix: claude
   models: [claude-test]
+- name: claude-fs
+  type: anthropic
+  base_url: {url}
+  api_key: ${{TEST_ANTHROPIC_KEY}}
+  prefix: claude-fs
+  models: [claude-test]
+  stream_mode: force_stream
+- name: claude-fns
+  type: anthropic
+  base_url: {url}
+  api_key: ${{TEST_ANTHROPIC_KEY}}
+  prefix: claude-fns
+  models: [claude-test]
+  stream_mode: force_non_stream
+- name: up-fs
+  type: openai
+  base_url: {openai_url}
+  api_key: sk-up-fs-key-0000
+  prefix: up-fs
+  models: [gpt-4o]
+  stream_mode: force_stream
+- name: dead
+  type: openai
+  base_url: http://127.0.0.1:9/v1
+  prefix: dead
+  models: [gpt-4o]
+  timeouts: {{connect: 2s}}
 """
 ROUTES = """\
 - name: smart
@@ -71,7 +98,7 @@ def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     claude = AnthropicUpstream(api_key=ANTHROPIC_KEY)
     up = ScriptedUpstream().start()
     with serve_app_in_thread(claude.app) as server:
-        text = gateway_yaml(up.url, PROVIDERS.format(url=server.url), routes=ROUTES)
+        text = gateway_yaml(up.url, PROVIDERS.format(url=server.url, openai_url=up.url), routes=ROUTES)
         with running_gateway(tmp_path_factory.mktemp("messages"), text,
                              env={"TEST_ANTHROPIC_KEY": ANTHROPIC_KEY}) as gw:
             yield Stack(claude, up, gw)
@@ -286,6 +313,47 @@ def test_body_too_large_is_413_in_anthropic_shape(stack: Stack) -> None:
                    content=b"x" * (33 * 1024 * 1024))
     assert r.status_code == 413
     assert r.json()["type"] == "error" and r.json()["error"]["type"] == "request_too_large"
+
+
+# --- stream policy, unreachable upstreams, the request log ----------------------------------------
+
+def test_force_stream_native_assembles_a_message(stack: Stack) -> None:
+    answer = tool_use_message("get_weather", {"city": "Paris"}, thinking=("plan", SIG))
+    stack.claude.push_stream(message_events(answer))
+    msg = stack.client().messages.create(model="claude-fs/claude-test", max_tokens=50, tools=TOOLS,
+                                         messages=[{"role": "user", "content": "x"}])
+    assert stack.claude.requests[0].body["stream"] is True
+    assert msg.model == "claude-fs/claude-test" and msg.stop_reason == "tool_use"
+    assert msg.model_dump(exclude_none=True)["content"] == answer["content"]
+
+
+def test_force_non_stream_native_synthesizes_events(stack: Stack) -> None:
+    stack.claude.push_json(tool_use_message("get_weather", {"city": "Paris"}, thinking=("plan", SIG)))
+    with stack.client().messages.stream(model="claude-fns/claude-test", max_tokens=50, tools=TOOLS,
+                                        messages=[{"role": "user", "content": "x"}]) as s:
+        final = s.get_final_message()
+    assert "stream" not in stack.claude.requests[0].body
+    assert final.model == "claude-fns/claude-test" and final.content[0].signature == SIG  # type: ignore[union-attr]
+    assert final.content[1].input == {"city": "Paris"}  # type: ignore[union-attr]
+
+
+def test_force_stream_translated(stack: Stack) -> None:
+    msg = stack.client().messages.create(model="up-fs/gpt-4o", max_tokens=50,
+                                         messages=[{"role": "user", "content": "x"}])
+    assert msg.content[0].text == "Hello world" and msg.model == "up-fs/gpt-4o"  # type: ignore[union-attr]
+    assert stack.openai_up.last("/chat/completions").body["stream"] is True
+
+
+def test_unreachable_upstream_is_an_api_error(stack: Stack) -> None:
+    with pytest.raises(anthropic.InternalServerError) as info:
+        stack.client().messages.create(model="dead/gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 502 and info.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+
+
+def test_request_log_shows_messages(stack: Stack) -> None:
+    stack.client().messages.create(model="demo/echo", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    status = httpx.get(stack.gateway.url + "/status.json", auth=("any", "sk-admin-key-000")).json()
+    assert any(e["endpoint"] == "messages" and e["model"] == "demo/echo" for e in status["log"])
 
 
 # --- models, HEAD /, metrics --------------------------------------------------------------------
