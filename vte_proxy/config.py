@@ -146,7 +146,10 @@ class RouteConfig(_Frozen):
 
 class CorsConfig(_Frozen):
     allow_origins: tuple[str, ...] = ()
-    allow_headers: tuple[str, ...] = ("authorization", "content-type", "x-api-key", "x-goog-api-key")
+    # anthropic-*: what the anthropic SDK sends from a browser (dangerouslyAllowBrowser).
+    allow_headers: tuple[str, ...] = ("authorization", "content-type", "x-api-key", "x-goog-api-key",
+                                      "anthropic-version", "anthropic-beta",
+                                      "anthropic-dangerous-direct-browser-access")
     max_age: int = 600
 
 

@@ -290,6 +290,14 @@ def test_chat_request_to_messages() -> None:
     assert out["metadata"] == {"user_id": "u1"} and out["stream"] is True
 
 
+def test_assistant_refusal_parts_become_text() -> None:
+    out = to_messages({"model": "m", "messages": [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}, {"type": "text", "text": "sorry"}]},
+        {"role": "user", "content": "b"}]})
+    assert out["messages"][1]["content"] == [{"type": "text", "text": "no"}, {"type": "text", "text": "sorry"}]
+
+
 def test_reasoning_effort_becomes_thinking() -> None:
     out = to_messages({"model": "m", "max_tokens": 100, "reasoning_effort": "medium", "temperature": 0.2,
                        "messages": [{"role": "user", "content": "x"}]})

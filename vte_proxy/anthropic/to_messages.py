@@ -61,8 +61,8 @@ def _file_block(file: Any, where: str) -> dict[str, Any]:
 
 def _part(part: Any, where: str) -> dict[str, Any]:
     kind = part.get("type") if isinstance(part, dict) else None
-    if kind == "text" and isinstance(part, dict):
-        return {"type": "text", "text": str(part.get("text", ""))}
+    if kind in ("text", "refusal") and isinstance(part, dict):
+        return {"type": "text", "text": str(part.get(kind, ""))}
     if kind == "image_url" and isinstance(part, dict):
         image = part.get("image_url")
         return _image_block(image.get("url") if isinstance(image, dict) else image, where)
