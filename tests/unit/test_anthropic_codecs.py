@@ -95,6 +95,8 @@ def test_claude_code_request_translates_to_chat() -> None:
     assert out["tools"][0]["function"]["parameters"] == body["tools"][0]["input_schema"]  # intact
     assert out["tool_choice"] == "auto" and out["parallel_tool_calls"] is False
     assert out["reasoning_effort"] == "high" and out["user"] == "user_abc_account__session_123"
+    long_user = to_chat({**body, "metadata": {"user_id": "u" * 200}})["user"]
+    assert long_user.startswith("sha256:") and len(long_user) <= 64
     assert out["stop"] == ["STOP"] and out["max_tokens"] == 32000 and out["stream"] is True
     for dropped in ("top_k", "thinking", "output_config", "context_management", "metadata", "system"):
         assert dropped not in out
@@ -113,9 +115,18 @@ def test_thinking_kept_for_a_canonical_round_trip() -> None:
     ({"type": "enabled", "budget_tokens": 1024}, "low"), ({"type": "enabled", "budget_tokens": 8000}, "medium"),
     ({"type": "enabled", "budget_tokens": 20000}, "high"), ({"type": "adaptive"}, None), ({"type": "disabled"}, None)])
 def test_thinking_becomes_reasoning_effort(thinking: dict[str, Any], effort: str | None) -> None:
-    out = to_chat({"model": "m", "max_tokens": 64000, "thinking": thinking,
+    # Claude Code's own pair (adaptive + effort high) leaves the model's default: gpt-4o refuses reasoning_effort.
+    out = to_chat({"model": "m", "max_tokens": 64000, "thinking": thinking, "output_config": {"effort": "high"},
                    "messages": [{"role": "user", "content": "hi"}]})
     assert out.get("reasoning_effort") == effort
+
+
+def test_structured_output_becomes_response_format() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+              "additionalProperties": False}
+    out = to_chat({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                   "output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    assert out["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
 def test_images_documents_and_tool_result_images() -> None:

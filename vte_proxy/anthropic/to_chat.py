@@ -20,14 +20,20 @@ Mapping, field by field:
 - ``tools`` -> function tools (``input_schema`` -> ``parameters``, passed intact);
   ``tool_choice`` auto/any/tool/none -> auto/required/{function}/none;
   ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``.
-- ``thinking`` enabled -> ``reasoning_effort`` by budget; adaptive/disabled -> nothing (the
-  model's default); ``output_config.effort`` -> ``reasoning_effort``.
-- ``metadata.user_id`` -> ``user``; ``stop_sequences`` -> ``stop``; ``max_tokens``,
-  ``temperature``, ``top_p``, ``stream`` as they are.
+- ``thinking`` enabled (an explicit budget: the caller asked for reasoning) -> ``reasoning_effort``
+  by budget; ``adaptive`` ("the model decides") and ``output_config.effort`` -> nothing, the
+  model's own default. Claude Code sends adaptive thinking with effort ``high`` on every request,
+  and OpenAI refuses ``reasoning_effort`` for its non-reasoning models (gpt-4o, gpt-4.1): mapping
+  it would break Claude Code there, while reasoning models reason by default anyway.
+- ``output_config.format`` (structured output, ``json_schema``) -> ``response_format``.
+- ``metadata.user_id`` -> ``user`` (as it is up to 64 characters, else ``sha256:`` and 32 hex of
+  its hash: stable per user, within OpenAI's length limit); ``stop_sequences`` -> ``stop``;
+  ``max_tokens``, ``temperature``, ``top_p``, ``stream`` as they are.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -39,9 +45,8 @@ def as_dict(value: Any) -> dict[str, Any]:
     """``value`` when it is a JSON object, else an empty one (client JSON is untrusted)."""
     return value if isinstance(value, dict) else {}
 
-_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high", "minimal": "minimal"}
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
-_USER_MAX = 256
+_USER_MAX = 64
 
 
 def invalid(message: str) -> GatewayError:
@@ -54,6 +59,13 @@ def effort_for_budget(budget: Any) -> str:
     if not isinstance(budget, int) or budget < 4096:
         return "low"
     return "medium" if budget < 16384 else "high"
+
+
+def user_field(user_id: str) -> str:
+    """``metadata.user_id`` as OpenAI's ``user``: as it is when short enough, else a stable hash."""
+    if len(user_id) <= _USER_MAX:
+        return user_id
+    return "sha256:" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
 
 
 def text_of_system(system: Any) -> str:
@@ -235,10 +247,6 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
 
 
 def _effort(body: dict[str, Any]) -> str | None:
-    config = body.get("output_config")
-    effort = config.get("effort") if isinstance(config, dict) else None
-    if isinstance(effort, str) and effort in _EFFORTS:
-        return _EFFORTS[effort]
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         return effort_for_budget(thinking.get("budget_tokens"))
@@ -253,10 +261,14 @@ def _parameters(body: dict[str, Any], out: dict[str, Any]) -> None:
         out["stop"] = body["stop_sequences"]
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
-        out["user"] = metadata["user_id"][:_USER_MAX]
+        out["user"] = user_field(metadata["user_id"])
     effort = _effort(body)
     if effort:
         out["reasoning_effort"] = effort
+    output_format = as_dict(as_dict(body.get("output_config")).get("format"))
+    if output_format.get("type") == "json_schema" and isinstance(output_format.get("schema"), dict):
+        out["response_format"] = {"type": "json_schema",
+                                  "json_schema": {"name": "output", "schema": output_format["schema"]}}
     if body.get("stream"):
         out["stream"] = True
 
