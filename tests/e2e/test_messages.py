@@ -31,6 +31,7 @@ from tests.support import (
     running_gateway,
     serve_app_in_thread,
 )
+from tests.vertex_upstream import VertexUpstream, function_call_response, text_event, text_response
 
 ANTHROPIC_KEY = "sk-ant-upstream-SECRET-0001"
 SIG = "+vv8/f7/c2lnLWJ5dGVzIQ=="
@@ -66,6 +67,12 @@ PROVIDERS = """\
   prefix: up-fs
   models: [gpt-4o]
   stream_mode: force_stream
+- name: gemini
+  type: vertex-express
+  base_url: {vertex_url}
+  api_key: vertex-key-SECRET-0003
+  prefix: gemini
+  models: [gemini-2.5-flash]
 - name: dead
   type: openai
   base_url: http://127.0.0.1:9/v1
@@ -84,6 +91,7 @@ class Stack:
     claude: AnthropicUpstream
     openai_up: ScriptedUpstream
     gateway: GatewayProcess
+    vertex: VertexUpstream
 
     def client(self, **kw: Any) -> anthropic.Anthropic:
         kw.setdefault("api_key", CLIENT_KEY)
@@ -96,18 +104,21 @@ class Stack:
 @pytest.fixture(scope="module")
 def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     claude = AnthropicUpstream(api_key=ANTHROPIC_KEY)
+    vertex = VertexUpstream(api_key="vertex-key-SECRET-0003")
     up = ScriptedUpstream().start()
-    with serve_app_in_thread(claude.app) as server:
-        text = gateway_yaml(up.url, PROVIDERS.format(url=server.url, openai_url=up.url), routes=ROUTES)
+    with serve_app_in_thread(claude.app) as server, serve_app_in_thread(vertex.app) as vertex_server:
+        text = gateway_yaml(up.url, PROVIDERS.format(url=server.url, openai_url=up.url, vertex_url=vertex_server.url),
+                            routes=ROUTES)
         with running_gateway(tmp_path_factory.mktemp("messages"), text,
                              env={"TEST_ANTHROPIC_KEY": ANTHROPIC_KEY}) as gw:
-            yield Stack(claude, up, gw)
+            yield Stack(claude, up, gw, vertex)
     up.stop()
 
 
 @pytest.fixture
 def stack(module_stack: Stack) -> Stack:
     module_stack.claude.reset()
+    module_stack.vertex.reset()
     module_stack.openai_up.script.clear()
     module_stack.openai_up.requests.clear()
     return module_stack
@@ -277,6 +288,26 @@ def test_translated_stream_cut_ends_with_an_error_event(stack: Stack) -> None:
             model=GPT, max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
         "".join(s.text_stream)
     assert "ended the stream" in str(info.value) or "connection" in str(info.value)
+
+
+def test_vertex_express_through_chat(stack: Stack) -> None:
+    stack.vertex.push_json(text_response("Hello from Gemini"))
+    client = stack.client()
+    msg = client.messages.create(model="gemini/gemini-2.5-flash", max_tokens=50, system="Be brief.",
+                                 messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text == "Hello from Gemini" and msg.model == "gemini/gemini-2.5-flash"  # type: ignore[union-attr]
+    assert msg.usage.input_tokens == 5 and msg.usage.output_tokens == 3
+    sent = stack.vertex.requests[0].body
+    assert sent["systemInstruction"]["parts"][0]["text"] == "Be brief."
+    stack.vertex.push_stream([text_event("Hel"), text_event("lo", finish="STOP", usage={
+        "promptTokenCount": 5, "candidatesTokenCount": 2, "totalTokenCount": 7})])
+    with client.messages.stream(model="gemini/gemini-2.5-flash", max_tokens=50,
+                                messages=[{"role": "user", "content": "hi"}]) as s:
+        assert "".join(s.text_stream) == "Hello"
+    stack.vertex.push_json(function_call_response("get_weather", {"city": "Paris"}))
+    tool = client.messages.create(model="gemini/gemini-2.5-flash", max_tokens=50, tools=TOOLS,
+                                  messages=[{"role": "user", "content": "weather?"}])
+    assert tool.stop_reason == "tool_use" and tool.content[0].input == {"city": "Paris"}  # type: ignore[union-attr]
 
 
 def test_echo_provider(stack: Stack) -> None:
