@@ -31,7 +31,7 @@ log = logging.getLogger("vte_proxy.pipeline")
 FORWARDED_HEADERS = (b"openai-beta", b"x-request-id", b"anthropic-version", b"anthropic-beta")
 # Endpoints whose upstream call follows the stream policy (stream_mode).
 POLICY_ENDPOINTS = ("chat/completions", "messages")
-RETRY_STATUSES = (502, 503, 504)
+RETRY_STATUSES = (502, 503, 504, 529)  # 529: Anthropic's "overloaded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ class Ingress:
     """What an ingress dialect other than OpenAI's (canonical) adds to the walk: the call each
     provider type gets (or an answer without one), and the shaping back into the dialect."""
 
-    prepare: Callable[[Call, str], Call | JsonAnswer]                 # (call, provider type)
+    prepare: Callable[[Call, str], Awaitable[Call | JsonAnswer]]      # (call, provider type)
     shape: Callable[[Answer, Plan, str], Awaitable[Reply]]            # (answer, plan, provider type)
 
 
@@ -138,7 +138,7 @@ async def _attempts(state: GatewayState, target: Target, request: Request) -> An
                 request.dialect)
     ingress = INGRESS.get(request.dialect)
     if ingress is not None:
-        prepared = ingress.prepare(call, provider.config.type)
+        prepared = await ingress.prepare(call, provider.config.type)
         if isinstance(prepared, JsonAnswer):
             return prepared  # answered without a call (count_tokens estimate)
         call = prepared

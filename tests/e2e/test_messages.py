@@ -46,6 +46,13 @@ PROVIDERS = """\
   api_key: ${{TEST_ANTHROPIC_KEY}}
   prefix: claude
   models: [claude-test]
+- name: claude-retry
+  type: anthropic
+  base_url: {url}
+  api_key: ${{TEST_ANTHROPIC_KEY}}
+  prefix: claude-retry
+  models: [claude-test]
+  retries: 1
 - name: claude-fs
   type: anthropic
   base_url: {url}
@@ -195,6 +202,14 @@ def test_native_upstream_errors_are_typed(stack: Stack, status: int, exc: type[E
     err: Any = info.value
     assert err.status_code == status and err.body["type"] == "error"
     assert ANTHROPIC_KEY not in json.dumps(err.body) and "upstream says no" in err.body["error"]["message"]
+
+
+def test_overloaded_is_retried(stack: Stack) -> None:
+    stack.claude.push_error(529, "Overloaded")
+    stack.claude.push_json(text_message("second try"))
+    msg = stack.client().messages.create(model="claude-retry/claude-test", max_tokens=5,
+                                         messages=[{"role": "user", "content": "x"}])
+    assert msg.content[0].text == "second try" and len(stack.claude.requests) == 2  # type: ignore[union-attr]
 
 
 def test_native_stream_cut_ends_with_an_error_event(stack: Stack) -> None:

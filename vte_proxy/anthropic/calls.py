@@ -10,6 +10,8 @@ answered here for the others, with an offline estimate (:func:`~vte_proxy.anthro
 
 from __future__ import annotations
 
+import asyncio
+
 from vte_proxy.anthropic import count_tokens, messages_to_chat
 from vte_proxy.providers.base import Call, JsonAnswer
 
@@ -22,12 +24,15 @@ def is_native(provider_type: str) -> bool:
     return provider_type in NATIVE_TYPES
 
 
-def prepare(call: Call, provider_type: str) -> Call | JsonAnswer:
-    """The call to send for an Anthropic-dialect ``call``, or the answer when no call is needed."""
+async def prepare(call: Call, provider_type: str) -> Call | JsonAnswer:
+    """The call to send for an Anthropic-dialect ``call``, or the answer when no call is needed.
+
+    The estimate runs in a worker thread: the first one loads the vocabulary (about 0.7 s), and
+    a Claude Code sized body takes tens of milliseconds to encode; the event loop goes on."""
     if call.dialect != "anthropic" or is_native(provider_type):
         return call
     if call.endpoint == COUNT_TOKENS:
-        return JsonAnswer({"input_tokens": count_tokens(call.body)})
+        return JsonAnswer({"input_tokens": await asyncio.to_thread(count_tokens, call.body)})
     headers = {k: v for k, v in call.headers.items() if not k.lower().startswith("anthropic-")}
     return Call("chat/completions", messages_to_chat(call.body), call.target, call.stream, headers, "openai")
 
