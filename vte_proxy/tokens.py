@@ -72,21 +72,22 @@ def count_text(text: str) -> int:
     return len(encoding().encode_ordinary(text))
 
 
+def _part_tokens(part: Any) -> int:
+    """One content part: its text, or a fixed share for an image, file or audio."""
+    if not isinstance(part, dict):
+        return 0
+    if part.get("type") in ("image_url", "input_image", "file", "input_audio"):
+        return IMAGE_TOKENS
+    return count_text(part["text"]) if isinstance(part.get("text"), str) else 0
+
+
 def _content_tokens(content: Any) -> int:
-    """A chat message's content: a string, or parts (text counted, images a fixed share)."""
+    """A chat message's content: a string, or parts."""
     if isinstance(content, str):
         return count_text(content)
-    if not isinstance(content, list):
-        return 0 if content is None else count_text(orjson.dumps(content).decode())
-    total = 0
-    for part in content:
-        if not isinstance(part, dict):
-            continue
-        if part.get("type") in ("image_url", "input_image", "file", "input_audio"):
-            total += IMAGE_TOKENS
-        elif isinstance(part.get("text"), str):
-            total += count_text(part["text"])
-    return total
+    if isinstance(content, list):
+        return sum(map(_part_tokens, content))
+    return 0 if content is None else count_text(orjson.dumps(content).decode())
 
 
 def count_message(message: dict[str, Any]) -> int:

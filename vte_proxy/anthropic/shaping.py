@@ -104,13 +104,13 @@ def _json_as_stream(answer: JsonAnswer, plan: Plan) -> StreamReply:
     return StreamReply(events(), nothing, lambda: usage, answer.headers)
 
 
-async def _stream_as_json(answer: StreamAnswer, plan: Plan) -> JsonReply:
+async def _assembled(answer: StreamAnswer, plan: Plan) -> MessageAssembler:
+    """Every event of ``answer`` fed to an assembler (the upstream is released at the end)."""
     assembler = MessageAssembler()
     try:
         async for batch in answer.events:
-            for ev in batch:
-                payload = data_of(ev)
-                obj = orjson.loads(payload) if payload else None
+            for payload in filter(None, map(data_of, batch)):
+                obj = orjson.loads(payload)
                 if isinstance(obj, dict):
                     assembler.feed(obj)
     except orjson.JSONDecodeError:
@@ -118,6 +118,11 @@ async def _stream_as_json(answer: StreamAnswer, plan: Plan) -> JsonReply:
                             "protocol") from None
     finally:
         await answer.close()
+    return assembler
+
+
+async def _stream_as_json(answer: StreamAnswer, plan: Plan) -> JsonReply:
+    assembler = await _assembled(answer, plan)
     if assembler.error is not None:
         body = {"type": "error", "error": assembler.error}
         raise UpstreamError(plan.provider, 502, str(assembler.error.get("message", "stream error")), "truncated",

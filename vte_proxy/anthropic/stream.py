@@ -20,6 +20,7 @@ chunks, the finish chunk, then one usage chunk (cached tokens included).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -167,7 +168,8 @@ class MessagesToChat:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
-    def _block_start(self, block: dict[str, Any]) -> list[dict[str, Any]]:
+    def _block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        block = as_dict(data.get("content_block"))
         self._block = str(block.get("type", ""))
         if self._block == "tool_use":
             self._tools += 1
@@ -179,7 +181,8 @@ class MessagesToChat:
             return [self._chunk({"content": block["text"]})]
         return []
 
-    def _block_delta(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
+    def _block_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        delta = as_dict(data.get("delta"))
         kind = delta.get("type")
         if kind == "text_delta":
             return [self._chunk({"content": delta.get("text", "")})]
@@ -192,8 +195,8 @@ class MessagesToChat:
             return [self._chunk({"tool_calls": [call]})]
         return []
 
-    def _message_start(self, message: dict[str, Any]) -> list[dict[str, Any]]:
-        self._usage.update(message.get("usage") or {})
+    def _message_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        self._usage.update(as_dict(as_dict(data.get("message")).get("usage")))
         return [self._chunk({"role": "assistant", "content": ""})]
 
     def _message_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -206,22 +209,22 @@ class MessagesToChat:
         self.finished = True
         return [self._chunk({}, FINISH_REASONS.get(reason, "stop"))]
 
-    def feed(self, name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-        """The chat chunks one Anthropic event brings (``name`` falls back to ``data.type``)."""
-        kind = data.get("type") or name
-        if kind == "message_start" and isinstance(data.get("message"), dict):
-            return self._message_start(data["message"])
-        if kind == "content_block_start" and isinstance(data.get("content_block"), dict):
-            return self._block_start(data["content_block"])
-        if kind == "content_block_delta" and isinstance(data.get("delta"), dict):
-            return self._block_delta(data["delta"])
-        if kind == "message_delta":
-            return self._message_delta(data)
-        if kind == "message_stop":
-            self.stopped = True
-        elif kind == "error":
-            self.error = data.get("error") if isinstance(data.get("error"), dict) else {"message": "stream error"}
+    def _message_stop(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        self.stopped = True
         return []
+
+    def _error(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        self.error = as_dict(data.get("error")) or {"message": "stream error"}
+        return []
+
+    def feed(self, name: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chat chunks one Anthropic event brings (the kind is ``data.type``, else ``name``)."""
+        handler = self._HANDLERS.get(str(data.get("type") or name))
+        return handler(self, data) if handler else []
+
+    _HANDLERS: dict[str, Callable[[MessagesToChat, dict[str, Any]], list[dict[str, Any]]]] = {
+        "message_start": _message_start, "content_block_start": _block_start, "content_block_delta": _block_delta,
+        "message_delta": _message_delta, "message_stop": _message_stop, "error": _error}
 
     def usage_chunk(self) -> dict[str, Any]:
         """The final usage-only chunk (``choices: []``), cached tokens included."""
@@ -308,20 +311,28 @@ class MessageAssembler:
         usage = {k: v for k, v in as_dict(data.get("usage")).items() if v is not None}
         self.message["usage"] = {**as_dict(self.message.get("usage")), **usage}
 
+    def _start(self, data: dict[str, Any]) -> None:
+        self.message = {**as_dict(data.get("message")), "content": []}
+
+    def _block_start(self, data: dict[str, Any]) -> None:
+        if self.message is not None:
+            self.message["content"].append(dict(as_dict(data.get("content_block"))))
+
+    def _stop_message(self, data: dict[str, Any]) -> None:
+        self.stopped = True
+
+    def _error(self, data: dict[str, Any]) -> None:
+        self.error = as_dict(data.get("error"))
+
     def feed(self, data: dict[str, Any]) -> None:
         """One event's data object (an invalid tool input JSON raises orjson.JSONDecodeError)."""
-        kind = data.get("type")
-        if kind == "message_start":
-            self.message = {**as_dict(data.get("message")), "content": []}
-        elif kind == "content_block_start" and self.message is not None:
-            self.message["content"].append(dict(as_dict(data.get("content_block"))))
-        elif kind == "content_block_delta":
-            self._delta(data.get("index"), as_dict(data.get("delta")))
-        elif kind == "content_block_stop":
-            self._stop(data.get("index"))
-        elif kind == "message_delta":
-            self._message_delta(data)
-        elif kind == "message_stop":
-            self.stopped = True
-        elif kind == "error":
-            self.error = as_dict(data.get("error"))
+        handler = self._HANDLERS.get(str(data.get("type")))
+        if handler is not None:
+            handler(self, data)
+
+    _HANDLERS: dict[str, Callable[[MessageAssembler, dict[str, Any]], None]] = {
+        "message_start": _start, "content_block_start": _block_start,
+        "content_block_delta": lambda self, data: self._delta(data.get("index"), as_dict(data.get("delta"))),
+        "content_block_stop": lambda self, data: self._stop(data.get("index")),
+        "message_delta": lambda self, data: self._message_delta(data),
+        "message_stop": _stop_message, "error": _error}

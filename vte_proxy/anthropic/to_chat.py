@@ -175,17 +175,11 @@ def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
 
 
 def _assistant_turn(content: Any, where: str, keep_thinking: bool) -> dict[str, Any]:
-    texts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    thinking: list[dict[str, Any]] = []
-    for block in _blocks(content, where):
-        kind = block.get("type")
-        if kind == "text":
-            texts.append(str(block.get("text", "")))
-        elif kind in ("tool_use", "server_tool_use"):
-            calls.append(_tool_call(block))
-        elif kind in ("thinking", "redacted_thinking"):
-            thinking.append({k: v for k, v in block.items() if k != "cache_control"})
+    blocks = _blocks(content, where)
+    texts = [str(b.get("text", "")) for b in blocks if b.get("type") == "text"]
+    calls = [_tool_call(b) for b in blocks if b.get("type") in ("tool_use", "server_tool_use")]
+    thinking = [{k: v for k, v in b.items() if k != "cache_control"} for b in blocks
+                if b.get("type") in ("thinking", "redacted_thinking")]
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         message["tool_calls"] = calls
@@ -204,17 +198,20 @@ def _messages(body: dict[str, Any], keep_thinking: bool) -> list[dict[str, Any]]
     if not isinstance(turns, list):
         raise invalid("messages: must be a list")
     for i, turn in enumerate(turns):
-        where = f"messages[{i}]"
-        role = turn.get("role") if isinstance(turn, dict) else None
-        if role == "user":
-            out += _user_turn(turn.get("content"), where)
-        elif role == "assistant":
-            out.append(_assistant_turn(turn.get("content"), where, keep_thinking))
-        elif role == "system":
-            out.append({"role": "system", "content": text_of_system(turn.get("content"))})
-        else:
-            raise invalid(f"{where}.role: must be 'user' or 'assistant'")
+        out += _turn(as_dict(turn), f"messages[{i}]", keep_thinking)
     return out
+
+
+def _turn(turn: dict[str, Any], where: str, keep_thinking: bool) -> list[dict[str, Any]]:
+    """One Messages turn as chat messages (a user turn may become tool messages plus a user one)."""
+    role = turn.get("role")
+    if role == "user":
+        return _user_turn(turn.get("content"), where)
+    if role == "assistant":
+        return [_assistant_turn(turn.get("content"), where, keep_thinking)]
+    if role == "system":
+        return [{"role": "system", "content": text_of_system(turn.get("content"))}]
+    raise invalid(f"{where}.role: must be 'user' or 'assistant'")
 
 
 # --- tools and parameters ---------------------------------------------------------------------
@@ -253,15 +250,21 @@ def _effort(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _parameters(body: dict[str, Any], out: dict[str, Any]) -> None:
+def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
     for name in ("max_tokens", "temperature", "top_p"):
         if body.get(name) is not None:
             out[name] = body[name]
     if body.get("stop_sequences"):
         out["stop"] = body["stop_sequences"]
-    metadata = body.get("metadata")
-    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
-        out["user"] = user_field(metadata["user_id"])
+    if body.get("stream"):
+        out["stream"] = True
+
+
+def _parameters(body: dict[str, Any], out: dict[str, Any]) -> None:
+    _sampling(body, out)
+    user_id = as_dict(body.get("metadata")).get("user_id")
+    if isinstance(user_id, str) and user_id:
+        out["user"] = user_field(user_id)
     effort = _effort(body)
     if effort:
         out["reasoning_effort"] = effort
@@ -269,8 +272,6 @@ def _parameters(body: dict[str, Any], out: dict[str, Any]) -> None:
     if output_format.get("type") == "json_schema" and isinstance(output_format.get("schema"), dict):
         out["response_format"] = {"type": "json_schema",
                                   "json_schema": {"name": "output", "schema": output_format["schema"]}}
-    if body.get("stream"):
-        out["stream"] = True
 
 
 def messages_to_chat(body: dict[str, Any], *, keep_thinking: bool = False) -> dict[str, Any]:

@@ -23,6 +23,7 @@ Pure translation; the input is never mutated. Mapping:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from vte_proxy.anthropic.ids import split_signature
@@ -138,20 +139,25 @@ def _turns(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        role = message.get("role") if isinstance(message, dict) else None
+        message = message if isinstance(message, dict) else {}
+        where, role = f"messages[{i}]", message.get("role")
         if role in ("system", "developer"):
             text = _system_text(message.get("content"), where)
             system += [{"type": "text", "text": text}] if text else []
-        elif role == "user":
-            _append(turns, "user", _content(message.get("content"), where))
-        elif role == "assistant":
-            _append(turns, "assistant", _assistant(message, where))
-        elif role == "tool":
-            _append(turns, "user", [_tool_result(message, where)])
+        elif role in _TURNS:
+            turn_role, make = _TURNS[role]
+            _append(turns, turn_role, make(message, where))
         else:
             raise invalid(f"{where}.role: {role!r} is not supported by Anthropic providers")
     return system, [t for t in turns if t["content"]]
+
+
+# Chat role -> (Messages role, the blocks of that message).
+_TURNS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[dict[str, Any]]]]] = {
+    "user": ("user", lambda message, where: _content(message.get("content"), where)),
+    "assistant": ("assistant", _assistant),
+    "tool": ("user", lambda message, where: [_tool_result(message, where)]),
+}
 
 
 # --- tools and parameters ---------------------------------------------------------------------
