@@ -414,9 +414,16 @@ def test_models_list_for_anthropic_clients_and_head(stack: Stack) -> None:
 
 
 def test_metrics_count_messages(stack: Stack) -> None:
+    def missing(text: str) -> str:
+        return next((ln for ln in text.splitlines() if ln.startswith('vte_usage_missing_total{provider="demo"}')), "")
+
+    before = missing(httpx.get(stack.gateway.url + "/metrics").text)
     stack.client().messages.create(model="demo/echo", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    stack.client().messages.count_tokens(model="demo/echo", messages=[{"role": "user", "content": "x"}])
     text = httpx.get(stack.gateway.url + "/metrics").text
     assert 'endpoint="messages",key="team",model="demo/echo",provider="demo"' in text
+    assert 'endpoint="messages/count_tokens",key="team",model="demo/echo",provider="demo"' in text
+    assert missing(text) == before  # counting tokens is not an answer without usage
 
 
 # --- the openai SDK on an anthropic provider ---------------------------------------------------

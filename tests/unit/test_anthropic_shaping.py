@@ -82,7 +82,8 @@ async def test_native_json_both_ways_and_count_tokens() -> None:
     assembled = await shape_messages(StreamAnswer(batches(native_events(answer)), nothing), plan(False), "anthropic")
     assert isinstance(assembled, JsonReply) and orjson.loads(assembled.body)["content"] == answer["content"]
     count = await shape_messages(JsonAnswer({"input_tokens": 9}), plan(False, calls.COUNT_TOKENS), "openai")
-    assert isinstance(count, JsonReply) and orjson.loads(count.body) == {"input_tokens": 9} and count.usage is None
+    assert isinstance(count, JsonReply) and orjson.loads(count.body) == {"input_tokens": 9}
+    assert count.usage == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}  # not "usage missing"
 
 
 async def test_translated_chat_stream_becomes_anthropic_events() -> None:

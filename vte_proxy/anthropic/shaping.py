@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from vte_proxy.anthropic.calls import is_native_answer
+from vte_proxy.anthropic.calls import COUNT_TOKENS, is_native_answer
 from vte_proxy.anthropic.responses import chat_to_message, usage_to_openai
 from vte_proxy.anthropic.stream import ChatToMessages, MessageAssembler, message_to_events, sse
 from vte_proxy.errors import UpstreamError
@@ -31,9 +31,14 @@ from vte_proxy.providers.base import Answer, EventBatches, JsonAnswer, StreamAns
 from vte_proxy.shaping import JsonReply, Plan, Reply, StreamReply, shape, truncated
 from vte_proxy.sse import DONE, data_of, with_data
 
+NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
 
 async def shape_messages(answer: Answer, plan: Plan, provider_type: str) -> Reply:
     """The Anthropic-dialect reply for ``answer`` from a provider of ``provider_type``."""
+    if plan.endpoint == COUNT_TOKENS and isinstance(answer, JsonAnswer):
+        # Counting consumes no tokens: usage 0/0, so it is not counted as an answer without usage.
+        return JsonReply(200, orjson.dumps(answer.body), answer.headers, dict(NO_USAGE))
     if not is_native_answer(plan.endpoint, provider_type):
         return as_messages(await shape(answer, replace(plan, endpoint="chat/completions", keep_usage=True)),
                            plan.exposed)
