@@ -19,10 +19,12 @@ import importlib.util
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import tiktoken
+
+if TYPE_CHECKING:  # imported on first use: a gateway that never estimates never loads it
+    import tiktoken
 
 # tiktoken's own pins for cl100k_base (tiktoken_ext/openai_public.py): the file hash and pattern.
 _CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
@@ -48,6 +50,8 @@ def _vocabulary_path() -> Path:
 
 
 def _load() -> tiktoken.Encoding:
+    import tiktoken
+
     raw = _vocabulary_path().read_bytes()
     if hashlib.sha256(raw).hexdigest() != _CL100K_SHA256:
         raise RuntimeError("the bundled cl100k_base vocabulary does not match its pinned SHA-256")
