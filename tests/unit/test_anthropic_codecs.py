@@ -263,6 +263,13 @@ def test_chat_stream_without_usage_and_empty_answer() -> None:
     assert replay_stream(events).stop_reason == "max_tokens"
 
 
+def test_chat_stream_refusal_becomes_text() -> None:
+    events = run_chat_stream([chunk({"role": "assistant"}), chunk({"refusal": "I can't help"}),
+                              chunk(finish="content_filter")])
+    msg = replay_stream(events)
+    assert msg.content[0].text == "I can't help" and msg.stop_reason == "refusal"  # type: ignore[union-attr]
+
+
 def test_error_event_shape() -> None:
     [(name, data)] = parse_sse(codec.error_event(529, "busy") + b"\n\n")
     assert name == "error" and data == {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}

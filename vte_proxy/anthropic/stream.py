@@ -110,8 +110,9 @@ class ChatToMessages:
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
             events += self._text("thinking", reasoning)
-        if isinstance(delta.get("content"), str) and delta["content"]:
-            events += self._text("text", delta["content"])
+        text = delta.get("content") or delta.get("refusal")  # a refusal is the answer's text
+        if isinstance(text, str) and text:
+            events += self._text("text", text)
         for call in delta.get("tool_calls") or ():
             if isinstance(call, dict):
                 events += self._tool(call)
