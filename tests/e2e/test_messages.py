@@ -46,6 +46,12 @@ PROVIDERS = """\
   api_key: ${{TEST_ANTHROPIC_KEY}}
   prefix: claude
   models: [claude-test]
+- name: claude-d
+  type: anthropic
+  base_url: {url}
+  api_key: ${{TEST_ANTHROPIC_KEY}}
+  prefix: claude-d
+  discover: {{enabled: true, interval: 1h}}
 - name: claude-retry
   type: anthropic
   base_url: {url}
@@ -411,6 +417,11 @@ def test_models_list_for_anthropic_clients_and_head(stack: Stack) -> None:
     assert one.id == CLAUDE and one.type == "model" and one.display_name == CLAUDE
     assert httpx.head(stack.gateway.url + "/").status_code == 200
     assert [m.id for m in stack.openai().models.list()] == [m for m in ids]
+
+
+def test_discovery_on_an_anthropic_provider(stack: Stack) -> None:
+    ids = {m.id for m in stack.openai().models.list()}
+    assert {"claude-d/claude-test", "claude-d/claude-other"} <= ids
 
 
 def test_metrics_count_messages(stack: Stack) -> None:
