@@ -75,6 +75,19 @@ async def test_native_messages_pass_through_untouched_but_model(up: AnthropicUps
     await p.aclose()
 
 
+async def test_configured_betas_join_the_clients(up: AnthropicUpstream, upstream: tuple[Any, str]) -> None:
+    p = provider(upstream[1], headers={"anthropic-beta": "context-1m-2025-08-07"})
+    up.push_json(text_message("a"))
+    up.push_json(text_message("b"))
+    body = {"model": "x", "max_tokens": 5, "messages": [USER]}
+    await p.send(Call("messages", body, TARGET, stream=False, dialect="anthropic",
+                      headers={"anthropic-beta": "interleaved-thinking-2025-05-14,context-1m-2025-08-07"}))
+    await p.send(Call("messages", body, TARGET, stream=False, dialect="anthropic"))
+    assert up.requests[0].headers["anthropic-beta"] == "context-1m-2025-08-07,interleaved-thinking-2025-05-14"
+    assert up.requests[1].headers["anthropic-beta"] == "context-1m-2025-08-07"
+    await p.aclose()
+
+
 async def test_native_stream_is_passed_as_anthropic_events(up: AnthropicUpstream, upstream: tuple[Any, str]) -> None:
     p = provider(upstream[1])
     up.push_stream(message_events(text_message("hello there")))

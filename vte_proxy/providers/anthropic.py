@@ -60,10 +60,15 @@ class AnthropicProvider(Provider):
         self._headers = headers
 
     def _request_headers(self, call: Call) -> dict[str, str]:
-        passed = {k: v for k, v in call.headers.items() if k.lower() in CLIENT_HEADERS}
+        """The upstream headers: the client's anthropic-version wins; its betas join the config's."""
+        passed = {k.lower(): v for k, v in call.headers.items() if k.lower() in CLIENT_HEADERS}
         if not passed:
             return self._headers
-        return {**self._headers, **{k.lower(): v for k, v in passed.items()}}
+        configured = self._headers.get("anthropic-beta")
+        if configured and "anthropic-beta" in passed:
+            betas = [b.strip() for b in f"{configured},{passed['anthropic-beta']}".split(",") if b.strip()]
+            passed["anthropic-beta"] = ",".join(dict.fromkeys(betas))
+        return {**self._headers, **passed}
 
     def _body(self, call: Call, native: bool) -> dict[str, Any]:
         body = dict(call.body) if native else chat_to_messages(call.body)
