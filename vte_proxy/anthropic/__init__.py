@@ -1,6 +1,6 @@
 """Anthropic's Messages API: codecs to and from OpenAI chat (the gateway's canonical form).
 
-Pure functions of dicts and events, no I/O; one concept per module:
+The codecs are pure functions of dicts and events, no I/O; one concept per module:
 
 - :mod:`.to_chat`: Messages request -> chat request (``/v1/messages`` on non-Anthropic providers);
 - :mod:`.to_messages`: chat request -> Messages request (OpenAI clients on ``anthropic`` providers);
@@ -9,7 +9,10 @@ Pure functions of dicts and events, no I/O; one concept per module:
 - :mod:`.errors`: error bodies both ways;
 - :mod:`.ids`: message ids and thinking signatures carried in tool-call ids.
 
-:func:`count_tokens` answers ``/v1/messages/count_tokens`` for providers that cannot.
+Two modules wire them into the request's walk for the ``/v1/messages`` ingress dialect:
+:mod:`.calls` (which call each provider type gets) and :mod:`.shaping` (the answer back in
+Anthropic's shape). :func:`count_tokens` answers ``/v1/messages/count_tokens`` for providers
+that cannot.
 """
 
 from __future__ import annotations
