@@ -11,7 +11,7 @@ BASE   ?= stand-in
 export CONTAINERS_CONF ?= $(CURDIR)/deploy/podman/containers.conf
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test debs lint schema helm-lint image image-base docker bench clean
+.PHONY: help venv run test debs lint schema helm-lint image image-base docker bench clean claude-code
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test: venv ## run the test suite (installs the Debian packages below if missing)
 
 debs: ## install the Debian packages the tests use (chromium, libjemalloc2, redis-server, podman, prometheus...)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null
+
+claude-code: ## install the pinned Claude Code (npm) for its end-to-end test (the test also does it)
+	scripts/install_claude_code.sh
 
 lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check vte_proxy tests bench
