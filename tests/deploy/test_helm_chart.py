@@ -965,3 +965,17 @@ def test_three_replicas_redis_example(chart: helm_python.Chart) -> None:
     assert all("limits" in key and "budget" in key for key in gateway["keys"])
     assert {p["type"] for p in gateway["providers"]} == {"openai", "anthropic"}
     assert {"ServiceMonitor", "PrometheusRule", "Ingress"} <= set(kinds(docs))
+
+
+def test_three_replicas_redis_example_passes_vte_proxy_check(chart: helm_python.Chart, tmp_path: Path) -> None:
+    """The example's gateway.yaml (limits, budgets, prices, an anthropic provider, Redis) is valid."""
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(gateway_of(render(chart, SCENARIOS["threeReplicasRedisExample"]))))
+    secrets = {name: f"value-of-{name.lower()}" for name in
+               ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TEAM_A_KEY", "CLAUDE_CODE_KEY")}
+    env = {**os.environ, **secrets, "REDIS_URL": "redis://:Sup3rSecretPW@redis-master.llm.svc:6379/0"}
+    result = subprocess.run([sys.executable, "-m", "vte_proxy", "check", str(config_file)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "claude/claude-sonnet-4-5" in result.stdout
+    assert not any(secret in result.stdout + result.stderr for secret in [*secrets.values(), "Sup3rSecretPW"])

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import promql_parser
@@ -84,9 +85,7 @@ HISTOGRAMS = {"vte_request_duration_seconds", "vte_time_to_first_token_seconds"}
 # Features that are not built yet, by metric name (or, for a new endpoint, the query fragment
 # that selects it): their metrics are not required, and a dashboard query on them must not
 # have data yet (when one does, the feature landed: take it out of this set).
-NOT_YET_BUILT = {
-    'endpoint=~"messages.*"',  # the Anthropic Messages API (/v1/messages, /v1/messages/count_tokens)
-}
+NOT_YET_BUILT: set[str] = set()
 # Labels Prometheus adds to every scraped series here (the Kubernetes ones come from the
 # ServiceMonitor; `namespace` is set on the target below, as it would be there).
 TARGET_LABELS = {"__name__", "job", "instance", "namespace"}
@@ -254,6 +253,7 @@ def traffic(gw: GatewayProcess, up: ScriptedUpstream, redis: RedisServer) -> Non
     core_traffic(gw, up)
     limits_traffic(gw)
     pool_and_route_traffic(gw, up)
+    anthropic_traffic(gw)
     store_outage(gw, redis)
 
 
@@ -276,6 +276,14 @@ def limits_traffic(gw: GatewayProcess) -> None:
         limited.chat.completions.create(model="demo/echo", messages=HELLO)
     with pytest.raises(openai.RateLimitError):
         limited.chat.completions.create(model="demo/echo", messages=HELLO)
+
+
+def anthropic_traffic(gw: GatewayProcess) -> None:
+    """Claude Code's calls: /v1/messages (translated for the echo provider) and count_tokens."""
+    client = anthropic.Anthropic(base_url=gw.url, auth_token=CLIENT_KEY, max_retries=0)
+    said = client.messages.create(model="demo/echo", max_tokens=32, messages=[{"role": "user", "content": "hi claude"}])
+    assert said.model == "demo/echo"
+    assert client.messages.count_tokens(model="demo/echo", messages=[{"role": "user", "content": "hi"}]).input_tokens
 
 
 def core_traffic(gw: GatewayProcess, up: ScriptedUpstream) -> None:
@@ -408,7 +416,9 @@ def test_label_values_come_from_the_config(scraped: Scraped) -> None:
     models = set(prom.label_values("model", "vte_requests_total"))
     assert "unknown" in models and "up/no-such-model" not in models, models
     assert set(prom.label_values("provider", "vte_models_available")) == {"up", "demo"}
-    assert {c for c in prom.label_values("code", "vte_requests_total")} >= {"200", "403", "404", "500"}
+    assert {c for c in prom.label_values("code", "vte_requests_total")} >= {"200", "403", "404", "429", "500"}
+    endpoints = set(prom.label_values("endpoint", "vte_requests_total"))
+    assert endpoints >= {"chat/completions", "embeddings", "messages", "messages/count_tokens"}, endpoints
 
 
 # ------------------------------------------------------------------ dashboard queries
