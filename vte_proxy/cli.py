@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -12,8 +14,15 @@ from typing import Any
 import orjson
 
 from vte_proxy import __version__
+from vte_proxy.config import GatewayConfig
 from vte_proxy.loader import ConfigError, load_config
 from vte_proxy.settings import Settings
+
+log = logging.getLogger("vte_proxy.cli")
+
+# The client key published in gateway.yaml.example and the README: anyone knows it.
+DEMO_KEY_SHA256 = hashlib.sha256(b"sk-demo").hexdigest()
+LOOPBACK = "127.0.0.1"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +95,30 @@ def schema() -> int:
     return 0
 
 
+def has_demo_key(config: GatewayConfig) -> bool:
+    """Whether a client key of ``config`` is the public demo key (given as the key or its hash)."""
+    for k in config.keys:
+        digest = hashlib.sha256(k.key.get_secret_value().encode()).hexdigest() if k.key else k.key_sha256
+        if digest and digest.lower() == DEMO_KEY_SHA256:
+            return True
+    return False
+
+
+def listen_host(settings: Settings, config: GatewayConfig) -> str:
+    """The address to bind. A config that holds the public demo key binds loopback unless a host
+    was asked for (``--host`` or ``VTE_HOST``): the example must not open the gateway to the network."""
+    if not has_demo_key(config):
+        return settings.host
+    if "host" not in settings.model_fields_set:
+        log.warning("the config holds the public demo key sk-demo: listening on %s only "
+                    "(give --host or VTE_HOST to listen elsewhere, after changing the key)", LOOPBACK)
+        return LOOPBACK
+    if settings.host not in (LOOPBACK, "localhost", "::1"):
+        log.warning("the config holds the public demo key sk-demo and listens on %s: "
+                    "anyone who reaches this port can use the gateway and open its status page", settings.host)
+    return settings.host
+
+
 def serve(settings: Settings) -> int:
     from vte_proxy.logs import setup_logging
 
@@ -114,8 +147,8 @@ def serve(settings: Settings) -> int:
 
     server.HEADER_TIMEOUT = loaded.config.server.header_timeout
     common: dict[str, Any] = dict(
-        host=settings.host, port=settings.port, loop="uvloop", http=server.GuardedHttpToolsProtocol,
-        ws="websockets-sansio",
+        host=listen_host(settings, loaded.config), port=settings.port, loop="uvloop",
+        http=server.GuardedHttpToolsProtocol, ws="websockets-sansio",
         lifespan="on", log_config=None, access_log=False, server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=int(loaded.config.server.shutdown_grace) or None, timeout_keep_alive=75,
     )
