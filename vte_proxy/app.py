@@ -137,6 +137,7 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None,
     ]
     handlers = {HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app.router.redirect_slashes = False  # its 307 would build a Location from the client's Host header: 404 instead
     app.state.gateway = gateway
     app.state.discovery = discovery
     return GuardMiddleware(CORSMiddleware(FastPath(app, dict(proxied)), gateway), gateway)
