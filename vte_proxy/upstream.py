@@ -15,8 +15,10 @@ patching anything.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from yarl import URL
@@ -39,11 +41,29 @@ def default_connector(provider: ProviderConfig) -> aiohttp.BaseConnector:
 
 
 def provider_secrets(provider: ProviderConfig) -> list[str]:
-    """Everything in a provider's config that may be a credential: its key and header values."""
-    secrets = [v for v in provider.headers.values() if len(v) >= 8]
+    """Everything in a provider's config that may be a credential: its key, header values and the
+    userinfo of its base_url (``user:password@``, also as the Basic-auth base64 sent upstream)."""
+    secrets = _userinfo_secrets(provider.base_url or "")
+    secrets += [v for v in provider.headers.values() if len(v) >= 8]
     if provider.api_key:
         secrets.append(provider.api_key.get_secret_value())
     return secrets
+
+
+def _userinfo_secrets(url: str) -> list[str]:
+    """A URL's credentials in every form they may show up in, longest first (so a whole
+    ``user:password`` is redacted before its password alone)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return []
+    raw_user, _, raw_password = parts.netloc.rpartition("@")[0].partition(":")
+    user, password = unquote(raw_user), unquote(raw_password)
+    forms = {f"{raw_user}:{raw_password}", f"{user}:{password}",
+             base64.b64encode(f"{user}:{password}".encode("latin-1", "replace")).decode(),
+             base64.b64encode(f"{user}:{password}".encode()).decode()}
+    # With a password the user name is an account name; without one it is the credential.
+    forms |= {raw_password, password} if password else {raw_user, user}
+    return sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
 
 
 class Redactor:
