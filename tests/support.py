@@ -48,11 +48,11 @@ class AppServer:
     """An ASGI app served by uvicorn on a free loopback port, in a daemon thread with its own
     event loop (so sync clients like the openai SDK and async tests can both reach it)."""
 
-    def __init__(self, app: Any, lifespan: str = "off") -> None:
+    def __init__(self, app: Any, lifespan: str = "off", **options: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                     lifespan=lifespan))
+                                                     lifespan=lifespan, **options))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def start(self, timeout: float = 10) -> AppServer:
@@ -70,10 +70,11 @@ class AppServer:
 
 
 @contextlib.contextmanager
-def serve_app_in_thread(app: Any, lifespan: str = "off") -> Iterator[AppServer]:
+def serve_app_in_thread(app: Any, lifespan: str = "off", **options: Any) -> Iterator[AppServer]:
     """Serve ``app`` on loopback for the duration of the block (``.url`` has no path);
-    ``lifespan="on"`` runs the app's startup and shutdown (a whole gateway)."""
-    server = AppServer(app, lifespan).start()
+    ``lifespan="on"`` runs the app's startup and shutdown (a whole gateway); ``options`` go to
+    ``uvicorn.Config`` (e.g. ``http=`` a protocol class)."""
+    server = AppServer(app, lifespan, **options).start()
     try:
         yield server
     finally:
