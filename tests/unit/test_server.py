@@ -3,6 +3,7 @@ what a client may send before its request reaches the application."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Iterator
@@ -27,30 +28,26 @@ def server() -> Iterator[AppServer]:
         yield s
 
 
-def exchange(server: AppServer, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send ``raw``, read until the server closes or answers; (status, headers, body)."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        try:
-            sock.sendall(raw)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused mid-send: the answer is already waiting
-        data = b""
-        while True:
-            try:
-                part = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not part:
-                break
-            data += part
-            head, _, body = data.partition(b"\r\n\r\n")
-            headers = dict(ln.decode().lower().split(": ", 1) for ln in head.split(b"\r\n")[1:] if b": " in ln)
-            if "content-length" in headers and len(body) >= int(headers["content-length"]):
-                break
+def parse(data: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     headers = {k.lower(): v for k, v in (ln.decode().split(": ", 1) for ln in lines[1:] if b": " in ln)}
     return int(lines[0].split()[1]), headers, body
+
+
+def exchange(server: AppServer, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``raw``, read until the server closes or the answer is complete; (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(raw)  # may be refused mid-send: the answer is already waiting
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while part := sock.recv(65536):
+                data += part
+                _, headers, body = parse(data)
+                if len(body) >= int(headers.get("content-length", 1 << 30)):
+                    break
+    return parse(data)
 
 
 def request(*header_lines: bytes) -> bytes:
