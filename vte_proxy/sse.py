@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from vte_proxy.errors import GatewayError
+from vte_proxy.errors import GatewayError, UpstreamError
 
 DONE = b"data: [DONE]"
 
@@ -26,20 +26,66 @@ def error_event(err: GatewayError) -> bytes:
     return b"data: " + err.json()
 
 
-async def split_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+# An upstream event larger than this is refused (502 protocol): nothing legitimate comes close,
+# and the gateway must not buffer without bound while it waits for an event's end.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+
+class EventSplitter:
+    """Incremental SSE framing. Every line ending (CRLF, LF, CR) becomes LF; a blank line ends an
+    event. The buffer is scanned from where the last scan stopped, so a large event costs time
+    proportional to its size, never to its size times the number of reads (``scanned`` counts
+    the bytes searched, for the tests)."""
+
+    __slots__ = ("_buf", "_cr", "_scan_from", "max_event", "scanned")
+
+    def __init__(self, max_event: int = MAX_EVENT_BYTES) -> None:
+        self._buf = bytearray()
+        self._scan_from = 0
+        self._cr = False  # the last read ended in CR: a LF starting the next one is its CRLF's
+        self.max_event = max_event
+        self.scanned = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events that ``chunk`` completed (an incomplete last one stays buffered)."""
+        buf = self._buf
+        buf += self._normalize(chunk)
+        self.scanned += len(buf) - self._scan_from
+        events: list[bytes] = []
+        start = 0
+        end = buf.find(b"\n\n", self._scan_from)
+        while end != -1:
+            self._check(end - start)
+            if end > start:
+                ev = bytes(buf[start:end])
+                events.append(ev.lstrip(b"\n") if ev[:1] == b"\n" else ev)
+            start = end + 2
+            end = buf.find(b"\n\n", start)
+        del buf[:start]  # cheap: bytearray drops a prefix without moving the rest
+        self._check(len(buf))
+        self._scan_from = max(len(buf) - 1, 0)  # a LF at the end may be the first half of a blank line
+        return [ev for ev in events if ev]
+
+    def _normalize(self, chunk: bytes) -> bytes:
+        if self._cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._cr = chunk[-1:] == b"\r"
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        return chunk
+
+    def _check(self, size: int) -> None:
+        if size > self.max_event:
+            raise UpstreamError(502, f"the provider sent a stream event over {self.max_event} bytes", "protocol")
+
+
+async def split_events(chunks: AsyncIterator[bytes], max_event: int = MAX_EVENT_BYTES) -> AsyncIterator[list[bytes]]:
     """Split a byte stream into SSE events, yielded as the batch of complete events each read
     brought (so the client side can send them in one write); an incomplete last event is
-    dropped."""
-    buf = b""
+    dropped; an event over ``max_event`` bytes is an UpstreamError (502 ``protocol``)."""
+    splitter = EventSplitter(max_event)
     async for chunk in chunks:
-        if b"\r" in chunk or buf[-1:] == b"\r":  # CRLF, possibly split between two chunks
-            buf = (buf + chunk).replace(b"\r\n", b"\n")
-        else:
-            buf += chunk
-        if b"\n\n" not in buf:
-            continue
-        *complete, buf = buf.split(b"\n\n")
-        batch = [ev for ev in complete if ev]
+        batch = splitter.feed(chunk)
         if batch:
             yield batch
 

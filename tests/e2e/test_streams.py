@@ -165,6 +165,16 @@ def test_stream_with_finish_reason_but_no_done_gets_done_added(s: Stack) -> None
     assert text.endswith("data: [DONE]\n\n") and '"error"' not in text
 
 
+def test_cr_only_upstream_stream_gets_exactly_one_done(s: Stack) -> None:
+    events = [chunk("gpt-4o", {"content": "ok"}), chunk("gpt-4o", {}, "stop")]
+    s.upstream.push(Stream([f"data: {json.dumps(e)}\r\r" for e in events] + ["data: [DONE]\r\r"], done=False))
+    with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                      json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+        text = r.read().decode()
+    assert text.count("[DONE]") == 1 and text.endswith("data: [DONE]\n\n") and '"error"' not in text
+    assert '"content": "ok"' in text and "\r" not in text
+
+
 def test_upstream_error_before_first_byte_is_a_normal_http_error_for_streams(s: Stack) -> None:
     s.upstream.push(Reply({"error": {"message": "overloaded", "type": "server_error", "code": None}}, 503))
     with pytest.raises(openai.InternalServerError) as exc:

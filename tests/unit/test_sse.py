@@ -7,10 +7,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vte_proxy.sse import DONE, ChatAssembler, StreamWatcher, data_of, split_events, synthesize
+from vte_proxy.errors import UpstreamError
+from vte_proxy.sse import (
+    DONE,
+    MAX_EVENT_BYTES,
+    ChatAssembler,
+    EventSplitter,
+    StreamWatcher,
+    data_of,
+    split_events,
+    synthesize,
+)
 
 
 async def collect(parts: list[bytes]) -> list[bytes]:
@@ -137,3 +148,38 @@ async def test_split_and_watch_preserve_content_however_the_bytes_are_cut(pieces
     assert out[-1] == DONE
     got = "".join(orjson.loads(data_of(e) or b"")["choices"][0]["delta"]["content"] for e in out[:-1] if e)
     assert got == "".join(pieces)
+
+
+async def test_split_events_handles_cr_only_line_endings_however_cut() -> None:
+    raw = b'data: {"a":1}\r\revent: x\rdata: {"b":2}\r\rdata: [DONE]\r\r'
+    for size in (1, 2, 3, 5, len(raw)):
+        parts = [raw[i:i + size] for i in range(0, len(raw), size)]
+        assert await collect(parts) == [b'data: {"a":1}', b'event: x\ndata: {"b":2}', DONE], size
+
+
+async def test_split_events_handles_mixed_line_endings_and_a_crlf_split_between_reads() -> None:
+    assert await collect([b"data: 1\r", b"\n\r", b"\ndata: 2\n\r\ndata: 3\r\n\n"]) == [b"data: 1", b"data: 2",
+                                                                                     b"data: 3"]
+
+
+def test_splitter_scans_each_byte_about_once() -> None:
+    # One 4 MiB event in 4 KiB reads: a splitter that re-scans its buffer on every read looks at
+    # ~2 GB; this one at each byte once (plus one byte of overlap per read).
+    splitter = EventSplitter()
+    piece = b"x" * 4096
+    assert splitter.feed(b"data: ") == []
+    for _ in range(1024):
+        assert splitter.feed(piece) == []
+    assert splitter.feed(b"\n\n") == [b"data: " + piece * 1024]
+    assert splitter.scanned <= 4 * 1024 * 1024 + 2 * 1030
+
+
+async def test_an_event_over_the_maximum_size_is_a_protocol_error() -> None:
+    splitter = EventSplitter(max_event=1000)
+    assert splitter.feed(b"data: " + b"x" * 900) == []
+    with pytest.raises(UpstreamError) as exc:
+        splitter.feed(b"x" * 200)
+    assert (exc.value.status, exc.value.reason) == (502, "protocol")
+    with pytest.raises(UpstreamError):  # also when the oversized event arrives complete in one read
+        EventSplitter(max_event=1000).feed(b"data: " + b"y" * 2000 + b"\n\ndata: 1\n\n")
+    assert EventSplitter().max_event == MAX_EVENT_BYTES == 16 * 1024 * 1024
