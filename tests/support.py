@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,6 +35,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 ROOT = Path(__file__).resolve().parent.parent
+# npm packages the tests use (the OpenAI JS SDK), installed once per version into this cache.
+NPM_CACHE = ROOT / ".cache" / "npm"
+OPENAI_JS = "openai@7.59.0"
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
 CLIENT_KEY = "sk-client-SECRET-abcdef"
 
@@ -361,3 +365,22 @@ def running_gateway(tmp_path: Path, config_text: str, **kw: Any) -> Iterator[Gat
         yield gw
     finally:
         gw.stop()
+
+
+def npm_package(spec: str) -> Path:
+    """``node_modules/<name>`` of ``spec`` (``name@version``), installed into NPM_CACHE with npm
+    on first use; a missing node or npm fails the test, it never skips it."""
+    import pytest
+
+    name = spec.rsplit("@", 1)[0]
+    prefix = NPM_CACHE / spec.replace("/", "+")
+    package = prefix / "node_modules" / name
+    if (package / "package.json").exists():
+        return package
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: the JS SDK tests need Debian's nodejs and npm", pytrace=False)
+    prefix.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(prefix), spec],
+                   check=True, capture_output=True, timeout=300)
+    return package
