@@ -22,11 +22,12 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vte_proxy import metrics
+from vte_proxy.cors import CORSMiddleware
 from vte_proxy.discovery import Discovery
 from vte_proxy.errors import GatewayError
 from vte_proxy.http import HealthEndpoint, ModelsEndpoint, ProxyEndpoint, authenticate_status
 from vte_proxy.memory import QUIET_SECONDS, release_after_bursts
-from vte_proxy.middleware import CORSMiddleware, GuardMiddleware
+from vte_proxy.middleware import GuardMiddleware
 from vte_proxy.providers.base import ENDPOINTS
 from vte_proxy.reload import install_sighup, poll_config, watch_config
 from vte_proxy.state import Gateway

@@ -1,5 +1,6 @@
 """Plain ASGI middleware (never Starlette's base HTTP middleware class: it costs a task and a memory stream per
-request and per SSE chunk): a last-resort error guard, the concurrency cap and CORS.
+request and per SSE chunk): a last-resort error guard and the concurrency cap
+(CORS is :mod:`vte_proxy.cors`).
 
 Each reads the *current* config on every request, so a reload changes them too.
 """
@@ -66,46 +67,3 @@ class GuardMiddleware:
         await send_error(send, GatewayError(503, "the gateway is at its concurrency limit, retry later",
                                             "overloaded", headers={"retry-after": "1"}))
         finish(rec)  # counted, so alerts on 5xx see the refusals
-
-
-class CORSMiddleware:
-    """CORS from ``cors.allow_origins`` (``*`` allowed); preflights are answered here."""
-
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
-        self.app = app
-        self.gateway = gateway
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        origin = None
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin = value
-                break
-        cors = self.gateway.state.config.cors
-        if origin is None or not cors.allow_origins:
-            await self.app(scope, receive, send)
-            return
-        allowed = b"*" if "*" in cors.allow_origins else (origin if origin.decode("latin-1") in cors.allow_origins
-                                                          else None)
-        if allowed is None:
-            await self.app(scope, receive, send)
-            return
-        headers = [(b"access-control-allow-origin", allowed), (b"vary", b"Origin")]
-        if scope["method"] == "OPTIONS" and any(n == b"access-control-request-method" for n, _ in scope["headers"]):
-            headers += [(b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                        (b"access-control-allow-headers", ", ".join(cors.allow_headers).encode()),
-                        (b"access-control-max-age", str(cors.max_age).encode()),
-                        (b"content-length", b"0")]
-            await send({"type": "http.response.start", "status": 204, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-
-        async def cors_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *headers]
-            await send(message)
-
-        await self.app(scope, receive, cors_send)
