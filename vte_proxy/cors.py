@@ -1,4 +1,4 @@
-"""CORS for browser clients (plain ASGI), from the current config's ``cors`` section.
+"""CORS for browser clients (plain ASGI), from the ``cors`` section of the config pinned for the request.
 
 An origin in ``cors.allow_origins`` (or ``*``) gets ``Access-Control-Allow-Origin`` on every
 answer and its preflights are answered here. The preflight allows the request headers the
@@ -15,7 +15,7 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vte_proxy.config import CorsConfig
-from vte_proxy.state import Gateway
+from vte_proxy.state import Gateway, pinned_state
 
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9a-z-]{1,100}$")
 # More names than any client sends; a longer list is cut, not reflected whole.
@@ -56,7 +56,7 @@ class CORSMiddleware:
         if scope["type"] != "http":  # lifespan (no config yet), websocket
             await self.app(scope, receive, send)
             return
-        cors = self.gateway.state.config.cors
+        cors = pinned_state(scope, self.gateway).config.cors
         if not cors.allow_origins:  # the hot path: nothing to look at
             await self.app(scope, receive, send)
             return

@@ -3,7 +3,7 @@
 uvicorn bounds the idle time between requests (keep-alive) but not the time a client may take
 to send its request headers, nor their size: a slowloris client could hold connections open
 forever. This protocol closes a connection whose headers are not complete within
-``HEADER_TIMEOUT`` seconds of its first byte (or of the connection), and answers 431 to
+``header_timeout`` seconds of its first byte (or of the connection), and answers 431 to
 headers larger than ``MAX_HEADER_BYTES`` (whole lines: what the server has to hold) or more
 than ``MAX_HEADERS`` of them. A request the parser rejects gets uvicorn's 400 as an
 OpenAI-shaped JSON error. The request body has its own limit and timeout
@@ -13,13 +13,12 @@ OpenAI-shaped JSON error. The request body has its own limit and timeout
 from __future__ import annotations
 
 import asyncio
-import os
 from asyncio import TimerHandle
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-# Set from server.header_timeout by the CLI (workers read it from the environment).
-HEADER_TIMEOUT = float(os.environ.get("VTE_HEADER_TIMEOUT", "10"))
+HEADER_TIMEOUT = 10.0  # seconds, the default of server.header_timeout
 MAX_HEADER_BYTES = 64 * 1024
 # Browsers and SDKs send 10-30 headers; 65,000 empty ones would be a 1.5 MB list per request.
 MAX_HEADERS = 256
@@ -37,9 +36,17 @@ _INVALID = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's protocol with a header deadline and size cap. The CLI passes
+    ``functools.partial(GuardedHttpToolsProtocol, header_timeout=...)`` as uvicorn's ``http``
+    (a partial of a module-level class pickles, so ``--workers N`` gets it too)."""
+
     _header_timer: TimerHandle | None = None
     _header_bytes = 0
     _header_count = 0
+
+    def __init__(self, *args: Any, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -88,8 +95,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _arm(self) -> None:
-        if self._header_timer is None and HEADER_TIMEOUT > 0:
-            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+        if self._header_timer is None and self.header_timeout > 0:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:

@@ -12,16 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vte_proxy.errors import UpstreamError
-from vte_proxy.sse import (
-    DONE,
-    MAX_EVENT_BYTES,
-    ChatAssembler,
-    EventSplitter,
-    StreamWatcher,
-    data_of,
-    split_events,
-    synthesize,
-)
+from vte_proxy.shaping import ChatAssembler, StreamWatcher, synthesize
+from vte_proxy.sse import DONE, MAX_EVENT_BYTES, EventSplitter, data_of, split_events
 
 
 async def collect(parts: list[bytes]) -> list[bytes]:
@@ -29,7 +21,7 @@ async def collect(parts: list[bytes]) -> list[bytes]:
         for p in parts:
             yield p
 
-    return [ev async for batch in split_events(gen()) for ev in batch]
+    return [ev async for batch in split_events(gen(), "p") for ev in batch]
 
 
 async def test_split_events_handles_events_split_across_chunks_and_crlf() -> None:
@@ -43,7 +35,7 @@ async def test_split_events_batches_the_complete_events_of_each_read() -> None:
         yield b'data: 1\n\ndata: 2\n\nda'
         yield b'ta: 3\n\n'
 
-    assert [b async for b in split_events(gen())] == [[b"data: 1", b"data: 2"], [b"data: 3"]]
+    assert [b async for b in split_events(gen(), "p")] == [[b"data: 1", b"data: 2"], [b"data: 3"]]
 
 
 async def test_split_events_drops_an_incomplete_last_event() -> None:
@@ -122,7 +114,7 @@ def test_synthesised_stream_assembles_back_to_the_same_completion(msg: dict[str,
     chunks = _chunks_of(events)
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == "p/up" for c in chunks)
     assert (chunks[-1]["choices"] == []) is usage
-    asm = ChatAssembler()
+    asm = ChatAssembler("up")
     for c in chunks:
         asm.add(c)
     rebuilt = asm.result("p/up")
@@ -165,7 +157,7 @@ async def test_split_events_handles_mixed_line_endings_and_a_crlf_split_between_
 def test_splitter_scans_each_byte_about_once() -> None:
     # One 4 MiB event in 4 KiB reads: a splitter that re-scans its buffer on every read looks at
     # ~2 GB; this one at each byte once (plus one byte of overlap per read).
-    splitter = EventSplitter()
+    splitter = EventSplitter("p")
     piece = b"x" * 4096
     assert splitter.feed(b"data: ") == []
     for _ in range(1024):
@@ -175,11 +167,11 @@ def test_splitter_scans_each_byte_about_once() -> None:
 
 
 async def test_an_event_over_the_maximum_size_is_a_protocol_error() -> None:
-    splitter = EventSplitter(max_event=1000)
+    splitter = EventSplitter("p", max_event=1000)
     assert splitter.feed(b"data: " + b"x" * 900) == []
     with pytest.raises(UpstreamError) as exc:
         splitter.feed(b"x" * 200)
     assert (exc.value.status, exc.value.reason) == (502, "protocol")
     with pytest.raises(UpstreamError):  # also when the oversized event arrives complete in one read
-        EventSplitter(max_event=1000).feed(b"data: " + b"y" * 2000 + b"\n\ndata: 1\n\n")
-    assert EventSplitter().max_event == MAX_EVENT_BYTES == 16 * 1024 * 1024
+        EventSplitter("p", max_event=1000).feed(b"data: " + b"y" * 2000 + b"\n\ndata: 1\n\n")
+    assert EventSplitter("p").max_event == MAX_EVENT_BYTES == 16 * 1024 * 1024

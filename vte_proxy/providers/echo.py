@@ -18,12 +18,12 @@ import hashlib
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vte_proxy.errors import bad_request
-from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
-from vte_proxy.sse import DONE, event
+from vte_proxy.providers.base import Answer, Call, EventBatches, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.sse import DONE, event, named_event
 
 _ids = itertools.count(1)
 
@@ -87,7 +87,7 @@ def _pieces(text: str) -> Iterator[str]:
         yield word if i == last else word + " "
 
 
-async def _batched(events: Iterable[bytes]) -> AsyncIterator[list[bytes]]:
+async def _batched(events: Iterable[bytes]) -> EventBatches:
     """``events`` in batches of BATCH, each built only when the previous one was taken."""
     batch: list[bytes] = []
     for ev in events:
@@ -97,10 +97,6 @@ async def _batched(events: Iterable[bytes]) -> AsyncIterator[list[bytes]]:
             batch = []
     if batch:
         yield batch
-
-
-def _named(name: str, obj: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\n" + event(obj)
 
 
 def _vector(text: str, dims: int = 16) -> list[float]:
@@ -113,7 +109,7 @@ def _vector(text: str, dims: int = 16) -> list[float]:
 class EchoProvider(Provider):
     async def send(self, call: Call) -> Answer:
         self.check_endpoint(call.endpoint)
-        model = call.reply_model
+        model = call.target.upstream_model
         n = next(_ids)
         created = int(time.time())
         if call.endpoint == "embeddings":
@@ -138,8 +134,7 @@ class EchoProvider(Provider):
                                "choices": [choice], "usage": usage})
         head = {"id": rid, "object": "chat.completion.chunk" if call.endpoint == "chat/completions"
                 else "text_completion", "created": created, "model": model}
-        return StreamAnswer(_batched(_stream_events(head, text, finish, usage)), _noop,
-                            rewrite_model=False)
+        return StreamAnswer(_batched(_stream_events(head, text, finish, usage)))
 
     def _embeddings(self, call: Call, model: str) -> dict[str, Any]:
         inp = call.body.get("input")
@@ -164,7 +159,7 @@ class EchoProvider(Provider):
                             "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}]}
         if not call.stream:
             return JsonAnswer(done)
-        return StreamAnswer(_batched(_response_events(done, text)), _noop, rewrite_model=False)
+        return StreamAnswer(_batched(_response_events(done, text)))
 
 
 def _stream_events(head: dict[str, Any], text: str, finish: str, usage: dict[str, int]) -> Iterator[bytes]:
@@ -190,7 +185,7 @@ def _response_events(done: dict[str, Any], text: str) -> Iterator[bytes]:
     item = done["output"][0]
 
     def ev(kind: str, **fields: Any) -> bytes:
-        return _named(kind, {"type": kind, "sequence_number": next(seq), **fields})
+        return named_event(kind, {"type": kind, "sequence_number": next(seq), **fields})
 
     started = {**done, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
     yield ev("response.created", response=started)
@@ -206,7 +201,3 @@ def _response_events(done: dict[str, Any], text: str) -> Iterator[bytes]:
     yield ev("response.content_part.done", **at, part={**part, "text": text})
     yield ev("response.output_item.done", output_index=0, item=item)
     yield ev("response.incomplete" if done["status"] == "incomplete" else "response.completed", response=done)
-
-
-async def _noop() -> None:
-    return None
