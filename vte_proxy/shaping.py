@@ -83,7 +83,10 @@ def _json_as_stream(answer: JsonAnswer, plan: Plan) -> StreamReply:
 
 def _stream_as_stream(answer: StreamAnswer, plan: Plan) -> StreamReply:
     watcher = StreamWatcher(plan.exposed, plan.upstream_model, plan.keep_usage)
-    return StreamReply(_watched(answer.events, watcher, plan.provider), answer.close, watcher.get_usage,
+    # OpenAI ends a Responses stream with its terminal event, never with [DONE]: raw SSE
+    # consumers of /v1/responses must not see one.
+    done = plan.endpoint != "responses"
+    return StreamReply(_watched(answer.events, watcher, plan.provider, done), answer.close, watcher.get_usage,
                        answer.headers)
 
 
@@ -109,9 +112,10 @@ def truncated(provider: str) -> UpstreamError:
                          "truncated")
 
 
-async def _watched(events: EventBatches, watcher: StreamWatcher, provider: str) -> EventBatches:
+async def _watched(events: EventBatches, watcher: StreamWatcher, provider: str, done: bool = True) -> EventBatches:
     """Forward events as they arrive, a read's worth at a time, until ``[DONE]``; raise
-    ``truncated`` when the upstream ends before the answer was complete."""
+    ``truncated`` when the upstream ends before the answer was complete; ``done``: end a
+    complete stream that lacked it with ``[DONE]``."""
     process = watcher.process
     try:
         async for batch in events:
@@ -126,7 +130,8 @@ async def _watched(events: EventBatches, watcher: StreamWatcher, provider: str) 
         await events.aclose()
     if not watcher.finished:
         raise truncated(provider)
-    yield [DONE]
+    if done:
+        yield [DONE]
 
 
 async def _assemble(events: EventBatches, plan: Plan) -> dict[str, Any]:
@@ -199,9 +204,10 @@ class StreamWatcher:
         if ev == DONE:
             self.done = True
             return ev
-        # Plain `in` tests, not any(<generator>): this runs for every event of every stream.
+        # Plain `in` tests, not any(<generator>): this runs for every event of every stream. A
+        # finish_reason key cannot occur inside a JSON string (its quotes would be escaped).
         if not self.finished and (b'"finish_reason":"' in ev or b'"finish_reason": "' in ev
-                                  or b"response.completed" in ev or b"response.incomplete" in ev):
+                                  or (b"response." in ev and _is_terminal(ev))):
             self.finished = True
         decode = b'"usage":{' in ev or b'"usage": {' in ev
         if self._rewrite:
@@ -235,6 +241,20 @@ class StreamWatcher:
             self._learn(upstream)  # the upstream names the model its own way: match it cheaply next time
         set_model(obj, self._exposed)
         return with_data(ev, orjson.dumps(obj))
+
+
+# The events that end a Responses stream (the answer complete, cut by a limit, or failed).
+TERMINAL_EVENTS = frozenset((b"response.completed", b"response.incomplete", b"response.failed"))
+
+
+def _is_terminal(ev: bytes) -> bool:
+    """Whether ``ev`` is a Responses stream's last event, by its ``event:`` line or, without
+    one, its ``type``: never by words that a text delta may contain."""
+    if ev.startswith(b"event:"):
+        return ev[6:ev.find(b"\n")].strip() in TERMINAL_EVENTS if b"\n" in ev else False
+    obj = _json_object(ev)
+    kind = obj.get("type") if obj is not None else None
+    return isinstance(kind, str) and kind.encode() in TERMINAL_EVENTS
 
 
 def _json_object(ev: bytes) -> dict[str, Any] | None:
