@@ -309,15 +309,19 @@ class ChatAssembler:
 
     def _add_choice(self, c: dict[str, Any]) -> None:
         choice = self.choices.setdefault(c.get("index", 0), {"content": [], "reasoning": [], "tools": {},
-                                                             "finish": None, "role": "assistant", "refusal": []})
+                                                             "finish": None, "role": "assistant", "refusal": [],
+                                                             "annotations": [], "logprobs": None})
         delta = c.get("delta") or {}
         if delta.get("role"):
             choice["role"] = delta["role"]
-        for name, key in (("content", "content"), ("reasoning_content", "reasoning"), ("refusal", "refusal")):
+        for name, key in (("content", "content"), ("reasoning_content", "reasoning"), ("refusal", "refusal"),
+                          ("annotations", "annotations")):
             if delta.get(name):
-                choice[key].append(delta[name])
+                choice[key] += delta[name] if name == "annotations" else [delta[name]]
         for tc in delta.get("tool_calls") or ():
             _add_tool_call(choice["tools"], tc)
+        if isinstance(c.get("logprobs"), dict):
+            choice["logprobs"] = _merge_logprobs(choice["logprobs"], c["logprobs"])
         if c.get("finish_reason"):
             choice["finish"] = c["finish_reason"]
 
@@ -346,8 +350,18 @@ def _add_tool_call(tools: dict[int, dict[str, Any]], tc: dict[str, Any]) -> None
         slot["arguments"].append(fn["arguments"])
 
 
+def _merge_logprobs(into: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
+    """A choice's logprobs so far with one more chunk's (``content`` and ``refusal`` token lists)."""
+    out = dict(into or {})
+    for k, v in more.items():
+        out[k] = [*(out.get(k) or []), *v] if isinstance(v, list) else out.get(k, v)
+    return out
+
+
 def _assembled_choice(i: int, c: dict[str, Any]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": c["role"], "content": "".join(c["content"]) or None}
+    if c["annotations"]:
+        message["annotations"] = c["annotations"]
     if c["reasoning"]:
         message["reasoning_content"] = "".join(c["reasoning"])
     if c["refusal"]:
@@ -358,15 +372,16 @@ def _assembled_choice(i: int, c: dict[str, Any]) -> dict[str, Any]:
              "function": {"name": "".join(t["name"]), "arguments": "".join(t["arguments"])}}
             for _, t in sorted(c["tools"].items())
         ]
-    return {"index": i, "message": message, "finish_reason": c["finish"], "logprobs": None}
+    return {"index": i, "message": message, "finish_reason": c["finish"], "logprobs": c["logprobs"]}
 
 
 def synthesize(completion: dict[str, Any], exposed: str, include_usage: bool) -> list[bytes]:
     """A valid chat stream (ending in ``[DONE]``) that rebuilds ``completion`` (force_non_stream)."""
     head = {"id": completion.get("id", "chatcmpl-vte"), "object": "chat.completion.chunk",
             "created": completion.get("created", 0), "model": exposed}
-    if completion.get("system_fingerprint"):
-        head["system_fingerprint"] = completion["system_fingerprint"]
+    for k in ("system_fingerprint", "service_tier"):
+        if completion.get(k):
+            head[k] = completion[k]
     out = [event({**head, "choices": [c]}) for choice in completion.get("choices") or ()
            for c in _choice_deltas(choice)]
     if include_usage and isinstance(completion.get("usage"), dict):
@@ -376,12 +391,16 @@ def synthesize(completion: dict[str, Any], exposed: str, include_usage: bool) ->
 
 
 def _choice_deltas(choice: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stream choices that rebuild one completion choice: role, reasoning, content,
-    refusal, each tool call (name first, then its arguments), the finish."""
+    """The stream choices that rebuild one completion choice: role, reasoning, content (with
+    the choice's logprobs), refusal, annotations, each tool call (name first, then its
+    arguments), the finish. The role chunk's content is null for a tool-call-only message, as
+    OpenAI streams it."""
     i = choice.get("index", 0)
     msg = choice.get("message") or {}
-    deltas: list[dict[str, Any]] = [{"role": msg.get("role", "assistant"), "content": ""}]
-    deltas += [{name: msg[name]} for name in ("reasoning_content", "content", "refusal") if msg.get(name)]
+    tool_only = bool(msg.get("tool_calls")) and not msg.get("content")
+    deltas: list[dict[str, Any]] = [{"role": msg.get("role", "assistant"), "content": None if tool_only else ""}]
+    deltas += [{name: msg[name]} for name in ("reasoning_content", "content", "refusal", "annotations")
+               if msg.get(name)]
     for j, tc in enumerate(msg.get("tool_calls") or ()):
         fn = tc.get("function") or {}
         deltas.append({"tool_calls": [{"index": j, "id": tc.get("id"), "type": tc.get("type", "function"),
@@ -389,5 +408,8 @@ def _choice_deltas(choice: dict[str, Any]) -> list[dict[str, Any]]:
         if fn.get("arguments"):
             deltas.append({"tool_calls": [{"index": j, "function": {"arguments": fn["arguments"]}}]})
     out = [{"index": i, "delta": d, "finish_reason": None} for d in deltas]
+    if choice.get("logprobs"):  # all of them on the content chunk (or the role chunk): the SDKs concatenate
+        at = next((n for n, d in enumerate(deltas) if n and "content" in d), 0)
+        out[at]["logprobs"] = choice["logprobs"]
     out.append({"index": i, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"})
     return out

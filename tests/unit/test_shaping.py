@@ -57,3 +57,49 @@ async def test_chat_streams_still_get_done_added_after_a_finish() -> None:
     finish = event({"model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     out = await client_events(StreamAnswer(batches(finish)), plan("chat/completions", keep_usage=False))
     assert out[-1] == DONE
+
+
+LOGPROBS = {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}], "refusal": None}
+ANNOTATIONS = [{"type": "url_citation", "url_citation": {"url": "https://example.com", "title": "Example",
+                                                          "start_index": 0, "end_index": 2}}]
+
+
+def chat_chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    return event({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                  "service_tier": "default", "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                                                          **extra}]})
+
+
+async def test_force_stream_keeps_logprobs_annotations_and_service_tier() -> None:
+    second = {**LOGPROBS, "content": [{"token": "!", "logprob": -0.2, "bytes": [33], "top_logprobs": []}]}
+    events = [chat_chunk({"role": "assistant", "content": ""}),
+              chat_chunk({"content": "Hi"}, logprobs=LOGPROBS),
+              chat_chunk({"content": "!", "annotations": ANNOTATIONS}, logprobs=second),
+              chat_chunk({}, "stop"), DONE]
+    reply = await shape(StreamAnswer(batches(*events)), plan("chat/completions", client_stream=False))
+    assert isinstance(reply, JsonReply)
+    out = orjson.loads(reply.body)
+    assert out["service_tier"] == "default"
+    choice = out["choices"][0]
+    assert choice["message"]["content"] == "Hi!" and choice["message"]["annotations"] == ANNOTATIONS
+    assert [t["token"] for t in choice["logprobs"]["content"]] == ["Hi", "!"]
+
+
+async def test_force_non_stream_keeps_them_and_a_tool_call_only_role_chunk_has_null_content() -> None:
+    completion = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m", "service_tier": "flex",
+                  "choices": [{"index": 0, "finish_reason": "stop", "logprobs": LOGPROBS,
+                               "message": {"role": "assistant", "content": "Hi", "annotations": ANNOTATIONS}}]}
+    chunks = [orjson.loads(data_of(ev) or b"") for ev in await client_events(JsonAnswer(completion),
+                                                                             plan("chat/completions"))
+              if ev != DONE]
+    assert {c["service_tier"] for c in chunks} == {"flex"}
+    deltas = [c["choices"][0] for c in chunks]
+    assert [d["logprobs"] for d in deltas if d.get("logprobs")] == [LOGPROBS]
+    assert next(d for d in deltas if d.get("logprobs"))["delta"] == {"content": "Hi"}
+    assert [d["delta"]["annotations"] for d in deltas if "annotations" in d["delta"]] == [ANNOTATIONS]
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    tools = {**completion, "choices": [{"index": 0, "finish_reason": "tool_calls",
+                                        "message": {"role": "assistant", "content": None, "tool_calls": [call]}}]}
+    first = orjson.loads(data_of((await client_events(JsonAnswer(tools), plan("chat/completions")))[0]) or b"")
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": None}
