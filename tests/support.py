@@ -105,6 +105,7 @@ class Stream:
     done: bool = True           # end with data: [DONE]
     cut: bool = False           # drop the connection after the events (no [DONE])
     first_delay: float = 0.0    # before the response headers
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -201,7 +202,7 @@ class ScriptedUpstream:
                             media_type="application/json")
         if behaviour.first_delay:
             await asyncio.sleep(behaviour.first_delay)
-        return StreamingResponse(self._events(behaviour), media_type="text/event-stream")
+        return StreamingResponse(self._events(behaviour), media_type="text/event-stream", headers=behaviour.headers)
 
     async def _events(self, s: Stream) -> AsyncIterator[bytes]:
         self.open_streams += 1

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -81,6 +83,48 @@ class Redactor:
         return data
 
 
+# Upstream answer headers a client gets back: the request id the SDKs report (``_request_id``)
+# and the upstream's rate-limit state. Nothing else: never hop-by-hop or credential headers.
+PASSED_HEADERS = ("x-request-id",)
+PASSED_PREFIX = "x-ratelimit-"
+_MAX_HEADER_VALUE = 256
+_DIGITS = re.compile(r"^[0-9]{1,9}$")
+
+
+def _printable(value: str) -> bool:
+    return len(value) <= _MAX_HEADER_VALUE and value.isascii() and value.isprintable()
+
+
+def valid_retry_after(value: str) -> bool:
+    """A Retry-After a client may be given: delay-seconds or an HTTP-date (RFC 9110); anything
+    else (a non-ASCII or control byte, a word) is dropped rather than passed on."""
+    if _DIGITS.match(value):
+        return True
+    if not _printable(value):
+        return False
+    try:
+        return parsedate_to_datetime(value) is not None
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def passed_headers(headers: Mapping[str, str], redactor: Redactor, retry_after: bool = False) -> dict[str, str]:
+    """The upstream answer headers passed back to the client (``retry-after`` too for errors),
+    each a short printable value without a secret of the provider in it."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in PASSED_HEADERS or lower.startswith(PASSED_PREFIX):
+            ok = _printable(value)
+        elif lower == "retry-after" and retry_after:
+            ok = valid_retry_after(value)
+        else:
+            continue
+        if ok and redactor.bytes(value.encode()) == value.encode():
+            out[lower] = value
+    return out
+
+
 # Shapes an upstream's (non-2xx, redacted) error body: (status, OpenAI-shaped error object).
 ErrorShaper = Callable[[int, bytes], tuple[int, dict[str, Any]]]
 
@@ -119,8 +163,7 @@ async def error_from_response(response: UpstreamResponse, shaper: ErrorShaper | 
     """
     provider, status = response.provider, response.status
     body = await response.error_body()
-    retry_after = response.headers.get("retry-after")
-    headers = {"retry-after": retry_after} if retry_after else None
+    headers = response.passed_headers(retry_after=True) or None
     retryable = status == 429 or status >= 500
     if shaper is not None:
         shown, obj = shaper(status, body)
@@ -176,6 +219,10 @@ class UpstreamResponse:
         finally:
             await self.aclose()
         return parse_json_object(self.provider, raw, reason)
+
+    def passed_headers(self, retry_after: bool = False) -> dict[str, str]:
+        """The headers of this answer the client gets back (:func:`passed_headers`)."""
+        return passed_headers(self.headers, self._upstream.redactor, retry_after)
 
     async def aclose(self) -> None:
         # Back to the pool when fully read; closed (never reused) when abandoned mid-body.

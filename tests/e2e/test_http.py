@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from tests.conftest import Stack
-from tests.support import CLIENT_KEY, UPSTREAM_KEY, Reply, completion, gateway_yaml, running_gateway
+from tests.support import CLIENT_KEY, UPSTREAM_KEY, Reply, Stream, chunk, completion, gateway_yaml, running_gateway
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
@@ -221,3 +221,35 @@ def test_body_over_max_body_bytes_is_413(tmp_path, upstream) -> None:  # type: i
                        headers={"Authorization": f"Bearer {CLIENT_KEY}"})
         assert r.status_code == 413
         assert not upstream.requests
+
+
+UPSTREAM_HEADERS = {"x-request-id": "req_up_123", "x-ratelimit-remaining-requests": "99",
+                    "x-ratelimit-reset-tokens": "6m0s", "set-cookie": "session=abc", "x-upstream-internal": "1",
+                    "openai-organization": "org-secret"}
+
+
+def test_upstream_request_id_and_rate_limit_headers_come_back(s: Stack) -> None:
+    s.upstream.push(Reply(completion("gpt-4o"), headers=UPSTREAM_HEADERS))
+    raw = s.client().chat.completions.with_raw_response.create(model="up/gpt-4o", messages=MESSAGES)
+    assert raw.request_id == "req_up_123" and raw.parse()._request_id == "req_up_123"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "99" and raw.headers["x-ratelimit-reset-tokens"] == "6m0s"
+    for name in ("set-cookie", "x-upstream-internal", "openai-organization"):
+        assert name not in raw.headers
+    s.upstream.push(Stream([chunk("gpt-4o", {"content": "hi"}, "stop")], headers=UPSTREAM_HEADERS))
+    with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                      json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+        assert r.headers["x-request-id"] == "req_up_123" and r.headers["x-ratelimit-remaining-requests"] == "99"
+        assert "set-cookie" not in r.headers
+
+
+@pytest.mark.parametrize(("retry_after", "passed"), [
+    ("120", "120"), ("Wed, 21 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ("soon", None), ("1\xff", None), ("-5", None)])
+def test_upstream_retry_after_is_validated(s: Stack, retry_after: str, passed: str | None) -> None:
+    s.upstream.push(Reply({"error": {"message": "slow down", "type": "rate_limit_error", "code": None}}, 429,
+                          {"retry-after": retry_after, "x-ratelimit-remaining-requests": "0"}))
+    r = httpx.post(s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                   json={"model": "up/gpt-4o", "messages": MESSAGES})
+    assert r.status_code == 429 and r.json()["error"]["message"] == "slow down"
+    assert r.headers.get("retry-after") == passed
+    assert r.headers["x-ratelimit-remaining-requests"] == "0"

@@ -59,9 +59,10 @@ class OpenAIProvider(Provider):
         if call.headers:
             headers = {**call.headers, **headers}
         response = await self.upstream.send("POST", self._urls[call.endpoint], headers, upstream_body(call))
+        headers = response.passed_headers()
         if call.stream and call.endpoint in _STREAMING:
-            return StreamAnswer(split_events(response.iter_bytes(), self.name), response.aclose)
-        return JsonAnswer(await response.read_json())
+            return StreamAnswer(split_events(response.iter_bytes(), self.name), response.aclose, headers)
+        return JsonAnswer(await response.read_json(), headers)
 
     async def discover(self) -> tuple[str, ...]:
         response = await self.upstream.send("GET", f"{self._base}/models",
