@@ -5,7 +5,7 @@ names, usage, completeness, stream <-> JSON) is :mod:`vte_proxy.shaping`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -80,15 +80,18 @@ class EventSplitter:
                                 f"{self.max_event} bytes", "protocol")
 
 
-async def split_events(chunks: AsyncIterator[bytes], provider: str,
-                       max_event: int = MAX_EVENT_BYTES) -> AsyncGenerator[list[bytes], None]:
+async def split_events(chunks: AsyncIterator[bytes], provider: str, max_event: int = MAX_EVENT_BYTES,
+                       redact: Callable[[bytes], bytes] | None = None) -> AsyncGenerator[list[bytes], None]:
     """Split a byte stream into SSE events, yielded as the batch of complete events each read
     brought (so the client side can send them in one write); an incomplete last event is
-    dropped; an event over ``max_event`` bytes is an UpstreamError of ``provider`` (502 ``protocol``)."""
+    dropped; an event over ``max_event`` bytes is an UpstreamError of ``provider`` (502 ``protocol``).
+    ``redact`` is applied to events that carry an ``"error"`` (an upstream may quote its key there)."""
     splitter = EventSplitter(provider, max_event)
     async for chunk in chunks:
         batch = splitter.feed(chunk)
         if batch:
+            if redact is not None:
+                batch = [redact(ev) if b'"error"' in ev else ev for ev in batch]
             yield batch
 
 

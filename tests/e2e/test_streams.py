@@ -10,9 +10,20 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from websockets.sync.client import connect
 
 from tests.conftest import Stack
-from tests.support import CLIENT_KEY, Reply, ScriptedUpstream, Stream, chunk, completion, gateway_yaml, running_gateway
+from tests.support import (
+    CLIENT_KEY,
+    UPSTREAM_KEY,
+    Reply,
+    ScriptedUpstream,
+    Stream,
+    chunk,
+    completion,
+    gateway_yaml,
+    running_gateway,
+)
 
 MESSAGES = [{"role": "user", "content": "weather?"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
@@ -205,3 +216,28 @@ def test_gateway_keeps_serving_after_a_disconnected_stream(s: Stack, tmp_path: P
                       json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
         next(r.iter_lines())
     assert s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES).model == "up/gpt-4o"
+
+
+def leaky_stream() -> Stream:
+    return Stream([chunk("gpt-4o", {"role": "assistant", "content": ""}), chunk("gpt-4o", {"content": "par"}),
+                   f'data: {{"error": {{"message": "invalid key {UPSTREAM_KEY} for org", "type": "server_error"}}}}'
+                   "\n\n"], done=False)
+
+
+def test_an_upstream_error_event_mid_stream_is_redacted(s: Stack) -> None:
+    s.upstream.push(leaky_stream())
+    with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                      json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+        text = r.read().decode()
+    assert UPSTREAM_KEY not in text and "invalid key [redacted] for org" in text
+
+
+def test_an_upstream_error_event_mid_stream_is_redacted_over_websocket(s: Stack) -> None:
+    s.upstream.push(leaky_stream())
+    url = s.gateway.url.replace("http://", "ws://") + "/v1/chat/completions/ws"
+    frames = []
+    with connect(url, additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as ws:
+        ws.send(json.dumps({"model": "up/gpt-4o", "messages": MESSAGES}))
+        while not (frames and '"error"' in frames[-1]):
+            frames.append(ws.recv(timeout=10))
+    assert UPSTREAM_KEY not in "".join(frames) and "invalid key [redacted] for org" in frames[-1]
