@@ -50,6 +50,15 @@ class WebSocketSink:
         return None
 
 
+async def _next_text(ws: WebSocket) -> str | None:
+    """The next text frame; None for a binary one (the protocol is text only)."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    text = message.get("text")
+    return text if isinstance(text, str) else None
+
+
 class ChatWebSocket:
     def __init__(self, gateway: Gateway, accounting: Accounting) -> None:
         self.gateway = gateway
@@ -63,15 +72,15 @@ class ChatWebSocket:
             return
         await ws.accept()
         try:
-            while True:
-                text = await ws.receive_text()
+            while (text := await _next_text(ws)) is not None:
                 await self._answer(ws, presented, text)
         except WebSocketDisconnect:
             return
-        except RuntimeError:  # a binary frame or a closed socket: nothing more to do
-            if ws.client_state != WebSocketState.DISCONNECTED:
-                with contextlib.suppress(Exception):
-                    await ws.close(POLICY_VIOLATION, "text frames only")
+        except RuntimeError:  # a closed socket: nothing more to do
+            pass
+        if ws.client_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(POLICY_VIOLATION, "text frames only")
 
     async def _answer(self, ws: WebSocket, presented: bytes | None, text: str) -> None:
         state = self.gateway.state  # each request on the connection takes the current state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import Stack
@@ -81,3 +81,13 @@ def test_cut_upstream_stream_ends_with_an_error_frame(s: Stack) -> None:
         frames = ask(ws, {"model": "up/gpt-4o", "messages": []})
     assert content(frames[:-1]) == "par"
     assert json.loads(frames[-1][6:])["error"]["code"] == "truncated"
+
+
+def test_a_binary_frame_closes_with_policy_violation(s: Stack) -> None:
+    with connect(ws_url(s), additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as ws:
+        assert content(ask(ws, {"model": "demo/echo", "messages": [{"role": "user", "content": "ok"}]})) == "ok"
+        ws.send(b'{"model": "demo/echo"}')
+        with pytest.raises(ConnectionClosed) as exc:
+            ws.recv(timeout=10)
+    assert exc.value.rcvd is not None and exc.value.rcvd.code == 1008
+    assert exc.value.rcvd.reason == "text frames only"
