@@ -23,6 +23,7 @@ def test_nesting_up_to_the_limit_is_fine_beyond_it_is_a_400() -> None:
 
 
 def test_many_brackets_side_by_side_are_not_depth() -> None:
-    wide = b'{"model": "m", "messages": [' + b",".join([b'{"role": "user", "content": [{"type": "text"}]}'] * 500) + b"]}"
+    message = b'{"role": "user", "content": [{"type": "text"}]}'
+    wide = b'{"model": "m", "messages": [' + b",".join([message] * 500) + b"]}"
     assert len(parse_openai(wide)["messages"]) == 500
     assert not too_deep({"a": [[{"b": []}]] * 1000})
