@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from vte_proxy.auth import ClientKey
@@ -69,9 +69,22 @@ def resolve(state: GatewayState, request: Request, rec: RequestRecord) -> Entry:
     rec.model = model
     if not request.key.allows(model):
         raise GatewayError(403, f"this key may not use model {model!r}", "model_not_allowed")
+    if entry.route:
+        entry = allowed_targets(entry, request.key)
     if not entry.targets:
         raise GatewayError(503, f"route {model!r} has no available target", "no_target")
     return entry
+
+
+def allowed_targets(route: Entry, key: ClientKey) -> Entry:
+    """``route`` with only the targets ``key`` may use itself: a route's name never lets a key
+    reach a model outside its allow-list (403 when none is left)."""
+    targets = tuple(t for t in route.targets if key.allows(t.exposed))
+    if len(targets) == len(route.targets):
+        return route
+    if not targets:
+        raise GatewayError(403, f"this key may not use any target of route {route.name!r}", "model_not_allowed")
+    return replace(route, targets=targets)
 
 
 def wants_usage(body: dict[str, Any]) -> bool:

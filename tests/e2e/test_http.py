@@ -253,3 +253,19 @@ def test_upstream_retry_after_is_validated(s: Stack, retry_after: str, passed: s
     assert r.status_code == 429 and r.json()["error"]["message"] == "slow down"
     assert r.headers.get("retry-after") == passed
     assert r.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_a_route_name_never_reaches_targets_outside_the_keys_allow_list(tmp_path, upstream) -> None:  # type: ignore[no-untyped-def]
+    routes = "- name: smart\n  targets: [up/gpt-4o, demo/echo]\n- name: uponly\n  targets: [up/gpt-4o-mini]\n"
+    routed = '  - name: routed\n    key: sk-routed-key-000\n    models: ["demo/*", "smart", "uponly"]\n'
+    cfg = gateway_yaml(upstream.url, routes=routes).replace("keys:\n", "keys:\n" + routed, 1)
+    with running_gateway(tmp_path, cfg) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-routed-key-000", max_retries=0)
+        reply = client.chat.completions.create(model="smart", messages=MESSAGES)
+        assert reply.choices[0].message.content == "Say hello"  # echo: up/gpt-4o was skipped
+        with pytest.raises(openai.PermissionDeniedError):
+            client.chat.completions.create(model="uponly", messages=MESSAGES)
+        assert not upstream.requests
+        full = openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+        assert full.chat.completions.create(model="smart", messages=MESSAGES).choices[0].message.content == (
+            "Hello world")  # a key allowed everything still gets the first target
