@@ -22,6 +22,10 @@ from vte_proxy.state import Gateway, pinned_state
 
 log = logging.getLogger("vte_proxy.app")
 
+# Answers after which the connection is closed (uvicorn honours the header): the client's body
+# was too slow or too large, so what is left of it must not be read as a next request.
+CLOSE_AFTER = (408, 413)
+
 
 class GuardMiddleware:
     """Turns anything unexpected into an OpenAI-shaped 500 (never a traceback to the client)
@@ -50,6 +54,8 @@ class GuardMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if message["status"] in CLOSE_AFTER:
+                    message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
             await send(message)
 
         try:

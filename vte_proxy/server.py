@@ -79,6 +79,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():  # refused: the request never reaches the app
             super().on_headers_complete()
 
+    def on_response_complete(self) -> None:
+        """An answer sent before its request body was complete (a refusal before reading, 408,
+        413, a GET with a body) ends the connection: the rest of that body would otherwise keep
+        the parser inside the old request, and each byte of it cancels the keep-alive timer, so
+        the socket stayed open for good."""
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            self.transport.close()
+        super().on_response_complete()
+
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to what its parser rejects, OpenAI-shaped (never text/plain)."""
         self._refuse(_INVALID)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -222,6 +223,53 @@ def test_oversized_headers_are_431(r: Stack) -> None:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 431")
+
+
+def answer_then_eof(sock: socket.socket, more: bytes = b"x") -> bytes:
+    """Everything the gateway sends until it closes the connection; ``more`` (one more body
+    byte, which used to cancel uvicorn's keep-alive timer for good) is sent after the answer.
+    A socket the gateway keeps open fails the test with a timeout (10 s)."""
+    answer = b""
+    while not answer.endswith(b"}}"):
+        part = sock.recv(4096)
+        assert part, answer
+        answer += part
+    with contextlib.suppress(OSError):
+        sock.sendall(more)
+    rest = b""
+    while part := sock.recv(4096):  # b"": closed by the gateway
+        rest += part
+    return answer + rest
+
+
+@pytest.mark.parametrize(("request_head", "status"), [
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-wrong\r\n"
+     b"Content-Length: 100\r\n\r\n{\"model\":", b"401"),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode()
+     + b"\r\nContent-Length: 999999999\r\n\r\n{", b"413"),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode()
+     + b"\r\nContent-Length: 200\r\n\r\n{\"model\":", b"408"),
+    (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", b"401"),
+], ids=["401-unread-body", "413", "408", "get-with-body"])
+def test_an_answer_to_an_incompletely_read_body_closes_the_connection(r: Stack, request_head: bytes,
+                                                                      status: bytes) -> None:
+    with raw_conn(r) as sock:
+        sock.sendall(request_head)
+        answer = answer_then_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:100]
+    if status in (b"408", b"413"):
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
+def test_a_complete_body_keeps_the_connection_alive(r: Stack) -> None:
+    body = b'{"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]}'
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-wrong\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    with raw_conn(r) as sock:
+        for _ in range(2):  # the same connection answers twice
+            sock.sendall(head + body)
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 401") and b"connection: close" not in answer.lower()
 
 
 def test_gateway_still_serves_after_all_of_that(r: Stack) -> None:
