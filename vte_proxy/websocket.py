@@ -29,11 +29,12 @@ POLICY_VIOLATION = 1008
 class WebSocketSink:
     """Writes an exchange's answer as text frames: one per JSON answer or SSE event."""
 
-    __slots__ = ("started", "ws")
+    __slots__ = ("gone", "started", "ws")
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         self.started = False
+        self.gone = False
 
     async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         self.started = True

@@ -302,3 +302,24 @@ def test_sigterm_lets_an_open_stream_finish_then_exits(tmp_path, upstream: Scrip
         assert "Waiting for connections to close" in gw.logs() or "Finished server process" in gw.logs()
     assert got[-1] == "data: [DONE]"
     assert sum('"content"' in g for g in got) == 15
+
+
+def test_a_stream_cut_at_shutdown_grace_ends_with_an_error_event(tmp_path, upstream: ScriptedUpstream) -> None:  # type: ignore[no-untyped-def]
+    upstream.push(Stream([chunk("gpt-4o", {"content": f"{i} "}) for i in range(100)] + [chunk("gpt-4o", {}, "stop")],
+                         delay=0.2))  # 20 s of stream, 1 s of grace
+    with running_gateway(tmp_path, gateway_yaml(upstream.url, server="shutdown_grace: 1s\n")) as gw:
+        got: list[str] = []
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+                          json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    got.append(line)
+                    if len(got) == 2:
+                        gw.signal(signal.SIGTERM)
+        assert gw.proc is not None and gw.proc.wait(20) in (0, -signal.SIGTERM)
+        logs = gw.logs()
+    assert got[-1] != "data: [DONE]" and 2 <= len(got) < 100
+    error = json.loads(got[-1][6:])["error"]
+    assert error["code"] == "shutdown" and error["type"] == "service_unavailable"
+    line = next(ln for ln in logs.splitlines() if " chat/completions key=team" in ln)
+    assert " 503 chat/completions" in line and "error=shutdown" in line

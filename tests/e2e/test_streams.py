@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from tests.conftest import Stack
 from tests.support import (
     CLIENT_KEY,
     UPSTREAM_KEY,
+    Hang,
     Reply,
     ScriptedUpstream,
     Stream,
@@ -241,3 +243,22 @@ def test_an_upstream_error_event_mid_stream_is_redacted_over_websocket(s: Stack)
         while not (frames and '"error"' in frames[-1]):
             frames.append(ws.recv(timeout=10))
     assert UPSTREAM_KEY not in "".join(frames) and "invalid key [redacted] for org" in frames[-1]
+
+
+def wait_for_log(s: Stack, text: str, seconds: float = 5.0) -> str:
+    deadline = time.monotonic() + seconds
+    while text not in s.gateway.logs():
+        assert time.monotonic() < deadline, f"{text!r} not logged: {s.gateway.logs()[-2000:]}"
+        time.sleep(0.05)
+    return s.gateway.logs()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_client_that_leaves_before_the_upstream_answers_cancels_the_call(s: Stack, stream: bool) -> None:
+    s.upstream.push(Hang(30))  # would hold the gateway for 30 s (the whole generation, billed)
+    with contextlib.suppress(httpx.ReadTimeout):
+        httpx.post(s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                   json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": stream},
+                   timeout=httpx.Timeout(10, read=0.5))
+    logs = wait_for_log(s, "499 chat/completions")  # noticed at once: logged long before the upstream answers
+    assert "error=client_disconnected" in logs
