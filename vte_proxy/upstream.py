@@ -189,15 +189,24 @@ class UpstreamResponse:
         self.headers: Mapping[str, str] = response.headers
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
-        """Body chunks as they arrive; silence beyond ``idle`` or a cut raise UpstreamError."""
+        """Body chunks as they arrive; silence beyond ``idle``, the ``total`` deadline passing
+        (also while nothing arrives) or a cut raise UpstreamError."""
+        content = self._response.content
         try:
-            async for chunk in self._response.content.iter_any():
-                if self._deadline is not None and time.monotonic() > self._deadline:
-                    raise UpstreamError(self.provider, 504, f"provider {self.provider!r} exceeded its total "
-                                        "time limit", "timeout")
+            while chunk := await (content.readany() if self._deadline is None else self._before_deadline()):
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise self._too_long() from None
             raise transport_error(self.provider, exc, started=True) from None
+
+    async def _before_deadline(self) -> bytes:
+        async with asyncio.timeout(max(self._deadline - time.monotonic(), 0) if self._deadline else None):
+            return await self._response.content.readany()
+
+    def _too_long(self) -> UpstreamError:
+        return UpstreamError(self.provider, 504, f"provider {self.provider!r} exceeded its total time limit",
+                             "timeout")
 
     async def read(self, limit: int = MAX_JSON_BODY) -> bytes:
         parts: list[bytes] = []
@@ -287,13 +296,13 @@ class Upstream:
         answer is raised as an UpstreamError (``shaper`` translates a foreign error shape;
         ``reason`` overrides the metric's reason, e.g. ``discovery``)."""
         deadline = time.monotonic() + self._total if self._total else None
+        wait = min(self._first_byte or self._total or 0, self._total or self._first_byte or 0) or None
         try:
-            async with asyncio.timeout(self._first_byte):
+            async with asyncio.timeout(wait):  # timeouts.total bounds the whole call, headers included
                 response = await self._client().request(method, self._url(url), headers=headers, data=content,
                                                         allow_redirects=False)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise transport_error(self.name, exc, started=False, first_byte=self._first_byte,
-                                  reason=reason) from None
+            raise transport_error(self.name, exc, started=False, first_byte=wait, reason=reason) from None
         result = UpstreamResponse(self, response, deadline)
         if response.status >= 400:
             raise await error_from_response(result, shaper, reason)

@@ -22,6 +22,7 @@ from tests.support import (
     ScriptedUpstream,
     Stream,
     chunk,
+    completion,
     free_port,
     gateway_yaml,
     running_gateway,
@@ -323,3 +324,20 @@ def test_a_stream_cut_at_shutdown_grace_ends_with_an_error_event(tmp_path, upstr
     assert error["code"] == "shutdown" and error["type"] == "service_unavailable"
     line = next(ln for ln in logs.splitlines() if " chat/completions key=team" in ln)
     assert " 503 chat/completions" in line and "error=shutdown" in line
+
+
+def test_timeouts_total_is_a_deadline_for_the_whole_call(tmp_path, upstream: ScriptedUpstream) -> None:  # type: ignore[no-untyped-def]
+    cfg = gateway_yaml(upstream.url).replace("    models: [gpt-4o, gpt-4o-mini]\n",
+                                             "    models: [gpt-4o, gpt-4o-mini]\n    timeouts: {idle: 3s, total: 1s}\n")
+    with running_gateway(tmp_path, cfg) as gw:
+        # a stream that goes silent: the deadline passes while nothing arrives (not the idle timeout)
+        upstream.push(Stream([chunk("gpt-4o", {"content": "a"}), chunk("gpt-4o", {}, "stop")], delay=6))
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+                          json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as resp:
+            lines = [ln for ln in resp.iter_lines() if ln.startswith("data: ")]
+        assert json.loads(lines[-1][6:])["error"]["code"] == "timeout", lines
+        # headers that come later than the deadline (first_byte is 60 s)
+        upstream.push(Reply(completion("gpt-4o"), delay=4))
+        r = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+                       json={"model": "up/gpt-4o", "messages": MESSAGES})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
