@@ -259,6 +259,30 @@ def parse_json_object(provider: str, raw: bytes, reason: str = "protocol") -> di
     return body
 
 
+async def _queued(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+    ctx.trace_request_ctx["queued"] = True
+
+
+async def _dequeued(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+    ctx.trace_request_ctx["queued"] = False
+
+
+def _pool_trace() -> aiohttp.TraceConfig:
+    """Tells a request that waits for a free pooled connection (all ``max_connections`` busy)."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(_queued)
+    trace.on_connection_queued_end.append(_dequeued)
+    return trace
+
+
+def pool_exhausted(provider: str, size: int) -> UpstreamError:
+    """All of a provider's pooled connections stayed busy for longer than its connect timeout:
+    the gateway is overloaded towards it (503, never a fall-over: another target would not be
+    less busy because of this provider's pool)."""
+    return UpstreamError(provider, 503, f"all {size} connections to provider {provider!r} are busy, retry later",
+                         "pool", code="overloaded", headers={"retry-after": "1"})
+
+
 class Upstream:
     """One provider's connection pool and the only place that talks to it."""
 
@@ -267,8 +291,10 @@ class Upstream:
         t = provider.timeouts
         self._first_byte = t.first_byte or None
         self._total = t.total
-        # sock_read bounds every read: the wait for headers and each silence inside a body.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect or None, sock_read=t.idle or None)
+        # sock_read bounds every read: the wait for headers and each silence inside a body;
+        # connect bounds the wait for a pooled connection plus the TCP/TLS connect.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=t.connect or None, sock_connect=t.connect or None,
+                                              sock_read=t.idle or None)
         self.redactor = Redactor(provider_secrets(provider))
         self._provider = provider
         self._connector = connector or default_connector
@@ -279,7 +305,8 @@ class Upstream:
         # Created on first use, inside the running loop (aiohttp binds sessions to a loop).
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=self._connector(self._provider), timeout=self._timeout,
-                                                  trust_env=False, auto_decompress=True)
+                                                  trust_env=False, auto_decompress=True,
+                                                  trace_configs=[_pool_trace()])
         return self._session
 
     def _url(self, url: str) -> URL:
@@ -297,11 +324,14 @@ class Upstream:
         ``reason`` overrides the metric's reason, e.g. ``discovery``)."""
         deadline = time.monotonic() + self._total if self._total else None
         wait = min(self._first_byte or self._total or 0, self._total or self._first_byte or 0) or None
+        pool = {"queued": False}
         try:
             async with asyncio.timeout(wait):  # timeouts.total bounds the whole call, headers included
                 response = await self._client().request(method, self._url(url), headers=headers, data=content,
-                                                        allow_redirects=False)
+                                                        allow_redirects=False, trace_request_ctx=pool)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if pool["queued"]:
+                raise pool_exhausted(self.name, self._provider.max_connections) from None
             raise transport_error(self.name, exc, started=False, first_byte=wait, reason=reason) from None
         result = UpstreamResponse(self, response, deadline)
         if response.status >= 400:

@@ -341,3 +341,27 @@ def test_timeouts_total_is_a_deadline_for_the_whole_call(tmp_path, upstream: Scr
         r = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
                        json={"model": "up/gpt-4o", "messages": MESSAGES})
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+
+
+def test_an_exhausted_upstream_pool_is_503_overloaded_not_a_fall_over(tmp_path, upstream: ScriptedUpstream) -> None:  # type: ignore[no-untyped-def]
+    cfg = gateway_yaml(upstream.url, routes="- name: busy\n  targets: [up/gpt-4o, demo/echo]\n").replace(
+        "    models: [gpt-4o, gpt-4o-mini]\n",
+        "    models: [gpt-4o, gpt-4o-mini]\n    max_connections: 1\n    timeouts: {connect: 1s}\n")
+    with running_gateway(tmp_path, cfg) as gw:
+        upstream.push(Reply(completion("gpt-4o"), delay=4))  # holds the only connection
+        first: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: first.append(httpx.post(
+            gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+            json={"model": "up/gpt-4o", "messages": MESSAGES})))
+        t.start()
+        deadline = time.monotonic() + 5
+        while not upstream.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+                       json={"model": "busy", "messages": MESSAGES})
+        t.join(30)
+        metrics = httpx.get(gw.url + "/metrics").text
+    assert r.status_code == 503, r.text  # not echo's answer: a busy pool is no reason to fall over
+    assert r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
+    assert first[0].status_code == 200
+    assert 'vte_upstream_errors_total{provider="up",reason="pool"} 1.0' in metrics
