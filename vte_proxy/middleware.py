@@ -27,27 +27,50 @@ log = logging.getLogger("vte_proxy.app")
 CLOSE_AFTER = (408, 413)
 
 
+class Concurrency:
+    """The answers one worker is giving: ``/v1`` HTTP requests and WebSocket answers alike
+    (``server.max_concurrency`` caps them together)."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = 0
+
+    def enter(self, limit: int) -> bool:
+        """Take a place if one of ``limit`` is free."""
+        if self.active >= limit:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
+
+
+def overloaded() -> GatewayError:
+    return GatewayError(503, "the gateway is at its concurrency limit, retry later", "overloaded",
+                        headers={"retry-after": "1"})
+
+
 class GuardMiddleware:
     """Turns anything unexpected into an OpenAI-shaped 500 (never a traceback to the client)
     and caps concurrent ``/v1`` requests per worker (``server.max_concurrency``, 503 beyond)."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway, accounting: Accounting) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway, accounting: Accounting,
+                 concurrency: Concurrency | None = None) -> None:
         self.app = app
         self.gateway = gateway
         self.accounting = accounting
-        self.active = 0
+        self.concurrency = concurrency or Concurrency()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limited = scope["path"].startswith("/v1/")
-        if limited:
-            limit = pinned_state(scope, self.gateway).config.server.max_concurrency
-            if self.active >= limit:
-                await self._overloaded(scope, send)
-                return
-            self.active += 1
+        if limited and not self.concurrency.enter(pinned_state(scope, self.gateway).config.server.max_concurrency):
+            await self._overloaded(scope, send)
+            return
         started = False
 
         async def guarded_send(message: Message) -> None:
@@ -67,13 +90,11 @@ class GuardMiddleware:
                                    dialect_for_path(scope["path"]))
         finally:
             if limited:
-                self.active -= 1
+                self.concurrency.leave()
 
     async def _overloaded(self, scope: Scope, send: Send) -> None:
         endpoint = scope["path"][4:]
         rec = RequestRecord.start(endpoint if endpoint in ENDPOINTS else "other")
         rec.failed(503, "overloaded")
-        await render_error(send, GatewayError(503, "the gateway is at its concurrency limit, retry later",
-                                              "overloaded", headers={"retry-after": "1"}),
-                           dialect_for_path(scope["path"]))
+        await render_error(send, overloaded(), dialect_for_path(scope["path"]))
         self.accounting.finish(rec)  # counted, so alerts on 5xx see the refusals

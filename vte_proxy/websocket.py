@@ -21,6 +21,7 @@ from vte_proxy.auth import key_from_headers
 from vte_proxy.dialect import OPENAI
 from vte_proxy.errors import GatewayError
 from vte_proxy.exchange import Exchange
+from vte_proxy.middleware import Concurrency, overloaded
 from vte_proxy.state import Gateway
 
 POLICY_VIOLATION = 1008
@@ -61,9 +62,10 @@ async def _next_text(ws: WebSocket) -> str | None:
 
 
 class ChatWebSocket:
-    def __init__(self, gateway: Gateway, accounting: Accounting) -> None:
+    def __init__(self, gateway: Gateway, accounting: Accounting, concurrency: Concurrency | None = None) -> None:
         self.gateway = gateway
         self.accounting = accounting
+        self.concurrency = concurrency or Concurrency()  # shared with the HTTP requests' cap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
@@ -87,11 +89,18 @@ class ChatWebSocket:
         state = self.gateway.state  # each request on the connection takes the current state
         exchange = Exchange(state, self.accounting, "chat/completions", OPENAI)
         limit = state.config.server.max_body_bytes
+        admitted = self.concurrency.enter(state.config.server.max_concurrency)
 
         async def read() -> bytes:
+            if not admitted:
+                raise overloaded()  # an error frame, counted like the HTTP refusals
             raw = text.encode()
             if len(raw) > limit:
                 raise GatewayError(413, f"request is larger than {limit} bytes", "body_too_large")
             return raw
 
-        await exchange.run(WebSocketSink(ws), presented, read, {}, stream_reply=True)
+        try:
+            await exchange.run(WebSocketSink(ws), presented, read, {}, stream_reply=True)
+        finally:
+            if admitted:
+                self.concurrency.leave()
