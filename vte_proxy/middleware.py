@@ -63,6 +63,11 @@ class GuardMiddleware:
         self.accounting = accounting
         self.concurrency = concurrency or Concurrency()
 
+    @property
+    def active(self) -> int:
+        """The answers in progress in this worker (HTTP and WebSocket)."""
+        return self.concurrency.active
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
