@@ -280,3 +280,19 @@ def test_a_route_name_never_reaches_targets_outside_the_keys_allow_list(tmp_path
         full = openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
         assert full.chat.completions.create(model="smart", messages=MESSAGES).choices[0].message.content == (
             "Hello world")  # a key allowed everything still gets the first target
+
+
+def test_the_gateways_own_limits_replace_the_upstreams_rate_limit_headers(tmp_path, upstream) -> None:  # type: ignore[no-untyped-def]
+    limited = "  - name: metered\n    key: sk-metered-key-000\n    limits: {rpm: 50}\n"
+    cfg = gateway_yaml(upstream.url).replace("keys:\n", "keys:\n" + limited, 1)
+    with running_gateway(tmp_path, cfg) as gw:
+        for key, expect_own in (("sk-metered-key-000", True), (CLIENT_KEY, False)):
+            upstream.push(Reply(completion("gpt-4o"), headers=UPSTREAM_HEADERS))
+            r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "up/gpt-4o", "messages": MESSAGES})
+            assert r.status_code == 200 and r.headers["x-request-id"] == "req_up_123"
+            if expect_own:
+                assert r.headers["x-ratelimit-limit-requests"] == "50"
+                assert "x-ratelimit-reset-tokens" not in r.headers  # the upstream's, not mixed in
+            else:
+                assert r.headers["x-ratelimit-remaining-requests"] == "99"
