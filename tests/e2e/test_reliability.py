@@ -229,8 +229,9 @@ def answer_then_eof(sock: socket.socket, more: bytes = b"x") -> bytes:
     with contextlib.suppress(OSError):
         sock.sendall(more)
     rest = b""
-    while part := sock.recv(4096):  # b"": closed by the gateway
-        rest += part
+    with contextlib.suppress(ConnectionResetError):  # closed: EOF, or a reset once "more" hit the closed socket
+        while part := sock.recv(4096):
+            rest += part
     return answer + rest
 
 
