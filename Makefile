@@ -34,11 +34,12 @@ run: $(VENV)/.runtime ## serve gateway.yaml.example on 127.0.0.1:8050 (runtime d
 
 test: venv ## run the test suite (installs the dev extras, and the Debian packages below if missing)
 	@command -v chromium >/dev/null 2>&1 && ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 \
-	  && command -v redis-server >/dev/null 2>&1 || $(MAKE) --no-print-directory debs
+	  && command -v redis-server >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory debs
 	$(BIN)/python -m pytest -q
 
-debs: ## install Debian's chromium (status-page browser test), libjemalloc2 (the image's allocator), redis-server (limits tests)
+debs: ## install Debian's chromium (browser tests), libjemalloc2 (the image's allocator), redis-server (limits tests), nodejs+npm (JS SDK tests)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libjemalloc2 redis-server >/dev/null
+	@command -v npm >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 
 lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check vte_proxy tests bench
