@@ -8,7 +8,7 @@ PORT   ?= 8050
 HOST   ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev run test debs lint schema helm-lint docker bench clean
+.PHONY: help venv dev run test debs lint schema helm-lint docker bench clean claude-code
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: venv ## run the test suite (installs the dev extras, and the Debian packag
 debs: ## install Debian's chromium (browser tests), libjemalloc2 (the image's allocator), redis-server (limits tests), nodejs+npm (JS SDK tests)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libjemalloc2 redis-server >/dev/null
 	@command -v npm >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+
+claude-code: ## install the pinned Claude Code (npm) for its end-to-end test (the test also does it)
+	scripts/install_claude_code.sh
 
 lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check vte_proxy tests bench

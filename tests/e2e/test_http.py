@@ -205,10 +205,11 @@ def test_cors_preflight_and_simple_requests(tmp_path, upstream) -> None:  # type
     with running_gateway(tmp_path, cfg) as gw:
         pre = httpx.options(gw.url + "/v1/chat/completions", headers={
             "Origin": "https://chat.example.com", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type"})
+            "Access-Control-Request-Headers": "authorization, content-type, anthropic-version"})
         assert pre.status_code == 204
         assert pre.headers["access-control-allow-origin"] == "https://chat.example.com"
-        assert pre.headers["access-control-allow-headers"] == "authorization, content-type"
+        # reflected: the anthropic SDK's headers in a browser too
+        assert pre.headers["access-control-allow-headers"] == "authorization, content-type, anthropic-version"
         r = httpx.get(gw.url + "/v1/models", headers={"Origin": "https://chat.example.com",
                                                        "Authorization": f"Bearer {CLIENT_KEY}"})
         assert r.headers["access-control-allow-origin"] == "https://chat.example.com"

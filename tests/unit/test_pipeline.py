@@ -66,12 +66,16 @@ class Tracker:
         self.record = RequestRecord.start("chat/completions")
         self.sent: list[str] = []
         self.tickets: list[Ticket] = []
+        self.routes: list[tuple[str, str]] = []
 
     def dispatched(self, provider: str) -> None:
         self.sent.append(provider)
 
     def admitted(self, ticket: Ticket) -> None:
         self.tickets.append(ticket)
+
+    def routed(self, route: str, target: str) -> None:
+        self.routes.append((route, target))
 
 
 @pytest.fixture
