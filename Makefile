@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= gateway.yaml.example
 PORT   ?= 8050
+# The example config's key sk-demo is public: `make run` listens on loopback unless told otherwise.
+HOST   ?= 127.0.0.1
 IMAGE  ?= vte-proxy:latest
 # podman only: `stand-in` builds the base locally (no registry needed); `registry` pulls it.
 BASE   ?= stand-in
@@ -11,37 +13,48 @@ BASE   ?= stand-in
 export CONTAINERS_CONF ?= $(CURDIR)/deploy/podman/containers.conf
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test debs lint schema helm-lint image image-base docker bench clean claude-code
+.PHONY: help venv dev run test debs lint schema helm-lint image image-base docker bench clean claude-code
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/vte-proxy: pyproject.toml
+# Two stamps: serving needs only the runtime dependencies (seconds to install); the tests,
+# linters and deployment checks need the dev extras on top (minutes).
+$(VENV)/.runtime: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	@touch $@
 
-venv: $(BIN)/vte-proxy ## create .venv and install the project with its dev tools
+venv: $(VENV)/.dev ## create .venv and install the project with its dev tools (same as `make dev`)
 
-run: venv ## serve gateway.yaml.example on :8050 (demo key sk-demo, model demo/echo)
-	$(BIN)/vte-proxy serve --config $(CONFIG) --port $(PORT)
+dev: $(VENV)/.dev ## install the dev extras (tests, linters, Helm and image checks) into .venv
 
-# Debian packages the tests use: chromium (status-page browser test), libjemalloc2 (the image's
-# allocator), redis-server (limits tests), podman & co. (the image built and run), prometheus
-# (brings promtool: scraping, dashboard queries, alert unit tests).
+run: $(VENV)/.runtime ## serve gateway.yaml.example on 127.0.0.1:8050 (runtime deps only; HOST=0.0.0.0 to expose it)
+	$(BIN)/vte-proxy serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+# Debian packages the tests use: chromium (browser tests), libjemalloc2 (the image's allocator),
+# redis-server (limits tests), podman & co. (the image built and run), prometheus (brings
+# promtool: scraping, dashboard queries, alert unit tests); nodejs+npm (JS SDK tests) when npm
+# is missing (NodeSource's nodejs brings its own npm).
 DEBS := chromium libjemalloc2 redis-server podman runc buildah debootstrap uidmap slirp4netns fuse-overlayfs \
         prometheus
 
-test: venv ## run the test suite (installs the Debian packages below if missing)
+test: venv ## run the test suite (installs the dev extras, and the Debian packages below if missing)
 	@command -v chromium >/dev/null 2>&1 && ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 \
 	  && command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 \
 	  && command -v debootstrap >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
-	  && command -v redis-server >/dev/null 2>&1 || $(MAKE) --no-print-directory debs
+	  && command -v redis-server >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+	  || $(MAKE) --no-print-directory debs
 	$(BIN)/python -m pytest -q -rs
 
-debs: ## install the Debian packages the tests use (chromium, libjemalloc2, redis-server, podman, prometheus...)
+debs: ## install the Debian packages the tests use (chromium, libjemalloc2, redis-server, podman, prometheus, npm...)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null
+	@command -v npm >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 
 claude-code: ## install the pinned Claude Code (npm) for its end-to-end test (the test also does it)
 	scripts/install_claude_code.sh

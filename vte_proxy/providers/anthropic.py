@@ -100,7 +100,8 @@ class AnthropicProvider(Provider):
                                             shaper=None if native else openai_error)
         if call.stream and endpoint == "messages":
             if native:
-                return StreamAnswer(split_events(response.iter_bytes()), response.aclose)
+                return StreamAnswer(split_events(response.iter_bytes(), self.name, redact=self.upstream.redactor.bytes),
+                                    response.aclose)
             translator = MessagesToChat(call.target.upstream_model)
             return StreamAnswer(self._chat_events(response, translator), response.aclose)
         answer = await response.read_json()
@@ -111,7 +112,7 @@ class AnthropicProvider(Provider):
         and ``[DONE]``. An ``error`` event raises; a stream that ends early simply ends
         (shaping judges it truncated)."""
         try:
-            async for batch in split_events(response.iter_bytes()):
+            async for batch in split_events(response.iter_bytes(), self.name):
                 out = [event(chunk) for ev in batch for chunk in self._translate(ev, translator)]
                 if out:
                     yield out

@@ -83,7 +83,7 @@ class VertexExpressProvider(Provider):
         """Gemini SSE events -> OpenAI chunk events; once every choice finished, the usage chunk
         and ``[DONE]``. A stream that ends before that simply ends: shaping judges it truncated."""
         try:
-            async for batch in split_events(response.iter_bytes()):
+            async for batch in split_events(response.iter_bytes(), self.name):
                 out = [event(chunk) for ev in batch for chunk in self._translate(ev, translator)]
                 if out:
                     yield out
