@@ -1,0 +1,569 @@
+"""The OpenTelemetry side of :mod:`vte_proxy.tracing`, imported only when tracing is on.
+
+A :class:`Tracer` owns one SDK ``TracerProvider`` with a ``BatchSpanProcessor`` and the
+OTLP/HTTP (protobuf) exporter: ending a span appends it to a queue, a background thread
+exports batches. A request never waits for the collector: when the queue is full a span is
+dropped, and spans whose export failed (after the exporter's own retries) are dropped too;
+both are counted in ``vte_trace_spans_dropped_total{reason}``.
+
+Per request: one server span (:class:`RequestSpan`, continuing the client's W3C
+``traceparent``/``tracestate``) and one client span per upstream attempt
+(:class:`AttemptSpan`, whose context is what the upstream receives in ``traceparent``), with
+the GenAI semantic-convention attributes. Parents are passed explicitly: no context variable
+is set, so nothing leaks between requests that share a task.
+
+Never recorded: keys (client or upstream), request headers, URLs with credentials. Prompts
+and completions only for keys with ``trace_content: true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from vte_proxy import __version__, metrics
+from vte_proxy.tracing import TraceSettings
+
+log = logging.getLogger("vte_proxy.tracing")
+
+# gen_ai.operation.name by gateway endpoint (semantic-convention values where one exists).
+OPERATIONS = {"chat/completions": "chat", "chat/completions/ws": "chat", "completions": "text_completion",
+              "embeddings": "embeddings", "responses": "chat", "messages": "chat",
+              "messages/count_tokens": "count_tokens"}
+# gen_ai.provider.name by provider type (the conventions' well-known values where one exists).
+PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "vertex-express": "gcp.vertex_ai",
+                  "echo": "vte_proxy.echo"}
+# Content capture bounds: each text part is cut, only the last messages are kept.
+MAX_PART_CHARS = 4096
+MAX_MESSAGES = 32
+# A warning about failing exports at most this often (the counter has every drop).
+WARN_EVERY = 60.0
+
+
+class CountingExporter(SpanExporter):
+    """The OTLP exporter, counting what it exported and what it had to drop."""
+
+    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
+        self.inner = inner
+        self.endpoint = endpoint
+        self.taken = 0  # spans handed to export (written by the export thread only)
+        self._warned = 0.0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        n = len(spans)
+        self.taken += n
+        try:
+            result = self.inner.export(spans)
+        except Exception:  # the SDK logs it; count it like any failed export
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            metrics.TRACE_SPANS_EXPORTED.inc(n)
+        else:
+            metrics.child(metrics.TRACE_SPANS_DROPPED, "export_failed").inc(n)
+            self._warn(n)
+        return result
+
+    def _warn(self, n: int) -> None:
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning("tracing: exporting %d spans to %s failed; they are dropped (counted in "
+                        "vte_trace_spans_dropped_total)", n, self.endpoint)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class CountingProcessor(SpanProcessor):
+    """A ``BatchSpanProcessor`` whose full queue drops new spans and counts them (the SDK's
+    would drop the oldest, silently). ``queued`` is written by the event loop only, ``taken``
+    by the export thread only: their difference bounds the queue without a lock."""
+
+    def __init__(self, inner: BatchSpanProcessor, exporter: CountingExporter, capacity: int) -> None:
+        self.inner = inner
+        self.exporter = exporter
+        self.capacity = capacity
+        self.queued = 0
+        self.closed = False
+
+    def on_start(self, span: SdkSpan, parent_context: Any = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.closed:
+            metrics.child(metrics.TRACE_SPANS_DROPPED, "shutdown").inc()
+        elif self.queued - self.exporter.taken >= self.capacity:
+            metrics.child(metrics.TRACE_SPANS_DROPPED, "queue_full").inc()
+        else:
+            self.queued += 1
+            self.inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self.closed = True
+        self.inner.shutdown()  # type: ignore[no-untyped-call]
+        left = self.queued - self.exporter.taken
+        if left > 0:  # still queued when the export thread gave up
+            metrics.child(metrics.TRACE_SPANS_DROPPED, "shutdown").inc(left)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def build_provider(settings: TraceSettings) -> tuple[TracerProvider, CountingProcessor]:
+    """The SDK provider for ``settings``: parent-based ratio sampling, batched OTLP/HTTP export."""
+    resource = Resource.create({"service.name": settings.service_name, "service.version": __version__})
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)), resource=resource,
+                              shutdown_on_exit=False)  # shut down by the gateway, bounded; never at exit
+    exporter = CountingExporter(OTLPSpanExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
+                                                 timeout=settings.timeout), settings.endpoint)
+    batch = BatchSpanProcessor(exporter, max_queue_size=settings.max_queue_size,
+                               schedule_delay_millis=settings.schedule_delay * 1000,
+                               max_export_batch_size=min(settings.max_batch_size, settings.max_queue_size))
+    processor = CountingProcessor(batch, exporter, settings.max_queue_size)
+    provider.add_span_processor(processor)
+    return provider, processor
+
+
+class Tracer:
+    """One tracer provider and the spans of the requests that started while it was current."""
+
+    def __init__(self, settings: TraceSettings) -> None:
+        self.settings = settings
+        self.provider, self.processor = build_provider(settings)
+        self._tracer = self.provider.get_tracer("vte_proxy", __version__)
+        self._propagator = TraceContextTextMapPropagator()
+        self.active = 0  # server spans not ended yet
+        self.retired = False
+        self._stopping: threading.Thread | None = None
+
+    def request(self, method: str, route: str, endpoint: str,
+                headers: Iterable[tuple[bytes, bytes]] = ()) -> RequestSpan:
+        """The server span of one request, continuing the client's ``traceparent``."""
+        carrier = {}
+        for name, value in headers:
+            if name == b"traceparent" or name == b"tracestate":
+                carrier[name.decode()] = value.decode("latin-1")
+        parent = self._propagator.extract(carrier) if carrier else None
+        operation = OPERATIONS.get(endpoint, endpoint)
+        span = self._tracer.start_span(f"{method} {route}", parent, SpanKind.SERVER, {
+            "http.request.method": method, "http.route": route, "url.path": route,
+            "gen_ai.operation.name": operation})
+        self.active += 1
+        return RequestSpan(self, span, operation)
+
+    def child(self, parent: Span, name: str, attributes: dict[str, AttributeValue]) -> tuple[Span, dict[str, str]]:
+        """A client span under ``parent`` and the headers that carry its context upstream."""
+        span = self._tracer.start_span(name, set_span_in_context(parent), SpanKind.CLIENT, attributes)
+        headers: dict[str, str] = {}
+        self._propagator.inject(headers, set_span_in_context(span))
+        return span, headers
+
+    def done(self) -> None:
+        self.active -= 1
+        if self.retired and self.active == 0:
+            self._stop_soon()
+
+    def retire(self) -> None:
+        """A newer tracer took over: stop once the last request on this one has ended."""
+        self.retired = True
+        if self.active == 0:
+            self._stop_soon()
+
+    def _stop_soon(self) -> threading.Thread:
+        # shutdown() joins the export thread and may wait for a slow collector: never on the loop.
+        if self._stopping is None:
+            self._stopping = threading.Thread(target=self.provider.shutdown, name="vte-trace-shutdown",
+                                              daemon=True)
+            self._stopping.start()
+        return self._stopping
+
+    def force_flush(self) -> bool:
+        """Export what is queued now (blocking: tests and shutdown only)."""
+        return self.provider.force_flush()
+
+    async def aclose(self, grace: float) -> None:
+        """Stop exporting, waiting at most ``grace`` seconds for the queue to be sent."""
+        await asyncio.to_thread(self._stop_soon().join, grace)
+
+
+def _number(value: Any) -> int | float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def request_attributes(body: dict[str, Any]) -> dict[str, AttributeValue]:
+    """gen_ai.request.* from a client body (OpenAI chat/completions/responses or Anthropic)."""
+    out: dict[str, AttributeValue] = {}
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if (n := _count(body.get(field))) is not None:
+            out["gen_ai.request.max_tokens"] = n
+            break
+    for field, name in (("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p")):
+        if (x := _number(body.get(field))) is not None:
+            out[name] = float(x)
+    out["gen_ai.request.stream"] = body.get("stream") is True
+    return out
+
+
+def usage_counts(usage: Any) -> tuple[int | None, int | None]:
+    """(input, output) tokens from an OpenAI (chat or Responses) or Anthropic usage object."""
+    if not isinstance(usage, dict):
+        return None, None
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    return (prompt if prompt is not None else _count(usage.get("input_tokens")),
+            completion if completion is not None else _count(usage.get("output_tokens")))
+
+
+def finish_reasons(body: dict[str, Any]) -> list[str]:
+    """Finish reasons of an answer: choices[].finish_reason, or Anthropic's stop_reason."""
+    reasons = [c["finish_reason"] for c in body.get("choices") or () if isinstance(c, dict)
+               and isinstance(c.get("finish_reason"), str)]
+    if not reasons and isinstance(body.get("stop_reason"), str):
+        reasons.append(body["stop_reason"])
+    return reasons
+
+
+class RequestSpan:
+    """The server span of one request; ended exactly once by :meth:`end`."""
+
+    __slots__ = ("_answering", "_attempts", "_ended", "_output", "_tracer", "capture", "operation", "span",
+                 "trace_id")
+
+    def __init__(self, tracer: Tracer, span: Span, operation: str) -> None:
+        self._tracer = tracer
+        self.span = span
+        self.operation = operation
+        self.trace_id = format(span.get_span_context().trace_id, "032x")
+        self.capture = False  # the key opted in to content capture (and the span records)
+        self._attempts = 0
+        self._answering: AttemptSpan | None = None
+        self._output: StreamContent | None = None
+        self._ended = False
+
+    @property
+    def recording(self) -> bool:
+        return self.span.is_recording()
+
+    def key(self, name: str, trace_content: bool = False) -> None:
+        """The client key (its name from the config) and whether it opted in to content capture."""
+        self.span.set_attribute("vte.key", name)
+        self.capture = trace_content and self.span.is_recording()
+
+    def model(self, body: dict[str, Any], exposed: str, route: str | None = None) -> None:
+        """The resolved request: exposed model name, the route if it is one, request parameters."""
+        if not self.span.is_recording():
+            return
+        attributes = request_attributes(body)
+        attributes["gen_ai.request.model"] = exposed
+        if route:
+            attributes["vte.route"] = route
+        self.span.set_attributes(attributes)
+        if self.capture:
+            self._capture(body)
+
+    def _capture(self, body: dict[str, Any]) -> None:
+        try:
+            messages = input_messages(body)
+        except Exception:  # client JSON of any shape: capture is best effort, never a failure
+            log.debug("tracing: could not read the input messages", exc_info=True)
+            return
+        if messages:
+            self.span.set_attribute("gen_ai.input.messages", orjson.dumps(messages).decode())
+
+    def attempt(self, provider: str, provider_type: str, upstream_model: str, *, target: str = "",
+                stream: bool = False, server: tuple[str, int] | None = None,
+                upstream_key: str | None = None) -> AttemptSpan:
+        """A client span for one try at one upstream (retries and fall-overs each get one)."""
+        self._attempts += 1
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": self.operation, "gen_ai.provider.name": PROVIDER_NAMES.get(provider_type,
+                                                                                                provider_type),
+            "gen_ai.request.model": upstream_model, "gen_ai.request.stream": stream, "vte.provider": provider,
+            "vte.attempt": self._attempts}
+        if target:
+            attributes["vte.target"] = target
+        if server is not None:
+            attributes["server.address"], attributes["server.port"] = server
+        if upstream_key:
+            attributes["vte.upstream_key"] = upstream_key
+        span, headers = self._tracer.child(self.span, f"{self.operation} {upstream_model}", attributes)
+        return AttemptSpan(self, span, headers, provider, provider_type)
+
+    def answered_by(self, attempt: AttemptSpan) -> None:
+        self._answering = attempt
+        self.span.set_attribute("gen_ai.provider.name", PROVIDER_NAMES.get(attempt.provider_type,
+                                                                           attempt.provider_type))
+        self.span.set_attribute("vte.provider", attempt.provider)
+
+    def first_token(self, seconds: float) -> None:
+        """Time from the request to the first content chunk (streams)."""
+        self.span.set_attribute("vte.time_to_first_token", seconds)
+        self.span.add_event("first_token")
+
+    def response(self, body: dict[str, Any]) -> None:
+        """An upstream answer as JSON (before the gateway renamed its model): the response
+        model and id, finish reasons, usage, and the output when content is captured."""
+        if not self.span.is_recording():
+            return
+        model, rid = body.get("model"), body.get("id")
+        self.result(model=model if isinstance(model, str) else None, response_id=rid if isinstance(rid, str) else None,
+                    reasons=finish_reasons(body), usage=body.get("usage"))
+        if self.capture:
+            try:
+                out = output_messages(body)
+            except Exception:
+                log.debug("tracing: could not read the output messages", exc_info=True)
+                return
+            if out:
+                self.span.set_attribute("gen_ai.output.messages", orjson.dumps(out).decode())
+
+    def result(self, model: str | None = None, response_id: str | None = None, reasons: Sequence[str] = (),
+               usage: Any = None) -> None:
+        """Response facts known piecemeal (streams): each given one is set on the server span
+        and on the attempt that answered."""
+        attributes: dict[str, AttributeValue] = {}
+        if model:
+            attributes["gen_ai.response.model"] = model
+        if response_id:
+            attributes["gen_ai.response.id"] = response_id
+        if reasons:
+            attributes["gen_ai.response.finish_reasons"] = list(reasons)
+        prompt, completion = usage_counts(usage)
+        if prompt is not None:
+            attributes["gen_ai.usage.input_tokens"] = prompt
+        if completion is not None:
+            attributes["gen_ai.usage.output_tokens"] = completion
+        if attributes:
+            self.span.set_attributes(attributes)
+            if self._answering is not None:
+                self._answering.span.set_attributes(attributes)
+
+    def stream_content(self) -> StreamContent | None:
+        """A collector of streamed output for content capture; None when not capturing."""
+        if self.capture and self._output is None:
+            self._output = StreamContent()
+        return self._output
+
+    def end(self, status: int, error: str | None = None) -> None:
+        """End the request (and the attempt that answered it) with its HTTP status."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self._finish(status, error)
+        finally:
+            self._tracer.done()
+
+    def _finish(self, status: int, error: str | None) -> None:
+        span = self.span
+        if self._output is not None and span.is_recording():
+            out = self._output.messages()
+            if out:
+                span.set_attribute("gen_ai.output.messages", orjson.dumps(out).decode())
+            if self._output.reasons:
+                self.result(reasons=self._output.reasons)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 400 or error:
+            span.set_attribute("error.type", error or str(status))
+        if status >= 500:  # server spans: only 5xx is the server's error (HTTP conventions)
+            span.set_status(Status(StatusCode.ERROR, error or str(status)))
+        if self._answering is not None:
+            self._answering.end(status, error if status >= 400 else None)
+        span.end()
+
+
+class AttemptSpan:
+    """One try at one upstream. ``headers`` go to that upstream (``traceparent``, and
+    ``tracestate`` when the trace has one)."""
+
+    __slots__ = ("_ended", "_request", "headers", "provider", "provider_type", "span")
+
+    def __init__(self, request: RequestSpan, span: Span, headers: dict[str, str], provider: str,
+                 provider_type: str) -> None:
+        self._request = request
+        self.span = span
+        self.headers = headers
+        self.provider = provider
+        self.provider_type = provider_type
+        self._ended = False
+
+    def answered(self, status: int = 200) -> None:
+        """The upstream answered: this attempt carries the answer, and ends with the request."""
+        self.span.set_attribute("http.response.status_code", status)
+        self._request.answered_by(self)
+
+    def failed(self, status: int, reason: str) -> None:
+        """The upstream failed before its first byte (a retry or fall-over may follow)."""
+        if status:
+            self.span.set_attribute("http.response.status_code", status)
+        self.end(status or 502, reason)
+
+    def end(self, status: int, error: str | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if error:
+            self.span.set_attribute("error.type", error)
+            self.span.set_status(Status(StatusCode.ERROR, error))
+        self.span.end()
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_PART_CHARS else text[:MAX_PART_CHARS] + "...[truncated]"
+
+
+def _text_parts(content: Any) -> list[dict[str, Any]]:
+    """Message content (a string or a list of typed blocks) as convention parts; non-text
+    blocks (images, audio, files) are named by their type, their data is never copied."""
+    if isinstance(content, str):
+        return [{"type": "text", "content": _cut(content)}]
+    parts: list[dict[str, Any]] = []
+    for block in content if isinstance(content, list) else ():
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        text = block.get("text")
+        if isinstance(text, str):
+            parts.append({"type": "text", "content": _cut(text)})
+        elif kind == "tool_use":
+            parts.append({"type": "tool_call", "id": block.get("id"), "name": block.get("name"),
+                          "arguments": block.get("input")})
+        elif kind == "tool_result":
+            parts.append({"type": "tool_call_response", "id": block.get("tool_use_id"),
+                          "response": _cut(orjson.dumps(block.get("content")).decode())})
+        elif isinstance(kind, str):
+            parts.append({"type": kind})
+    return parts
+
+
+def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+    out = []
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            arguments = function.get("arguments")
+            out.append({"type": "tool_call", "id": call.get("id"), "name": function.get("name"),
+                        "arguments": _cut(arguments) if isinstance(arguments, str) else arguments})
+    return out
+
+
+def _message(message: Any) -> dict[str, Any] | None:
+    if not isinstance(message, dict):
+        return None
+    role = message.get("role") if isinstance(message.get("role"), str) else "user"
+    parts = _text_parts(message.get("content"))
+    parts += _tool_calls(message.get("tool_calls"))
+    if role == "tool":
+        parts = [{"type": "tool_call_response", "id": message.get("tool_call_id"),
+                  "response": parts[0]["content"] if parts and "content" in parts[0] else None}]
+    return {"role": role, "parts": parts}
+
+
+def input_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``gen_ai.input.messages`` of a chat, completions, Responses or Anthropic Messages body
+    (at most the last MAX_MESSAGES messages, each text part cut at MAX_PART_CHARS)."""
+    out: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system is not None:
+        out.append({"role": "system", "parts": _text_parts(system)})
+    source = body.get("messages")
+    if source is None:
+        source = body.get("input") if "input" in body else body.get("prompt")
+    if isinstance(source, str):
+        source = [{"role": "user", "content": source}]
+    if isinstance(source, list) and source and all(isinstance(s, str) for s in source):  # completions prompts
+        source = [{"role": "user", "content": s} for s in source]
+    for message in source if isinstance(source, list) else ():
+        converted = _message(message)
+        if converted is not None:
+            out.append(converted)
+    return out[-MAX_MESSAGES:]
+
+
+def output_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``gen_ai.output.messages`` of an answer: chat or completions choices, Responses API
+    output items, or an Anthropic message."""
+    out: list[dict[str, Any]] = []
+    for choice in body.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict):
+            converted = _message(message) or {"role": "assistant", "parts": []}
+        else:
+            text = choice.get("text")
+            converted = {"role": "assistant", "parts": _text_parts(text) if isinstance(text, str) else []}
+        converted["finish_reason"] = choice.get("finish_reason")
+        out.append(converted)
+    for item in body.get("output") or ():
+        if isinstance(item, dict) and item.get("type") == "message":
+            out.append({"role": "assistant", "parts": _text_parts(item.get("content"))})
+        elif isinstance(item, dict) and item.get("type") == "function_call":
+            out.append({"role": "assistant", "parts": [{"type": "tool_call", "id": item.get("call_id"),
+                                                        "name": item.get("name"),
+                                                        "arguments": item.get("arguments")}]})
+    if body.get("type") == "message" and "content" in body:  # Anthropic Messages
+        out.append({"role": "assistant", "parts": _text_parts(body.get("content")),
+                    "finish_reason": body.get("stop_reason")})
+    return out[-MAX_MESSAGES:]
+
+
+class StreamContent:
+    """The output of a streamed chat answer, for content capture: text and tool-call pieces
+    of choice 0 and the finish reasons (decoded only for keys that opted in)."""
+
+    __slots__ = ("_text", "_tools", "reasons")
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._tools: dict[int, dict[str, Any]] = {}
+        self.reasons: list[str] = []
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str) and sum(map(len, self._text)) < MAX_PART_CHARS:
+                self._text.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                self._tool_piece(call)
+            if isinstance(choice.get("finish_reason"), str):
+                self.reasons.append(choice["finish_reason"])
+
+    def _tool_piece(self, call: dict[str, Any]) -> None:
+        slot = self._tools.setdefault(call.get("index", 0), {"type": "tool_call", "id": None, "name": "",
+                                                             "arguments": ""})
+        slot["id"] = call.get("id") or slot["id"]
+        function = call.get("function") or {}
+        slot["name"] += function.get("name") or ""
+        slot["arguments"] += function.get("arguments") or ""
+
+    def messages(self) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = [{"type": "text", "content": _cut("".join(self._text))}] if self._text else []
+        parts += [self._tools[i] for i in sorted(self._tools)]
+        if not parts:
+            return []
+        return [{"role": "assistant", "parts": parts, "finish_reason": self.reasons[-1] if self.reasons else None}]
