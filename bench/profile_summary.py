@@ -31,7 +31,9 @@ LOOP = "event loop itself (uvloop C code: socket I/O, syscalls, scheduling)"
 AREAS = [
     ("vte_proxy.server (HTTP protocol guard)", "vte_proxy/server.py"),
     ("vte_proxy.http (ASGI endpoint, stream_reply)", "vte_proxy/http.py"),
-    ("vte_proxy.proxy (dispatch, pass-through)", "vte_proxy/proxy.py"),
+    ("vte_proxy.exchange/pipeline (dispatch)", "vte_proxy/exchange.py"),
+    ("vte_proxy.pipeline", "vte_proxy/pipeline.py"),
+    ("vte_proxy.shaping (pass-through)", "vte_proxy/shaping.py"),
     ("vte_proxy.sse (split, StreamWatcher)", "vte_proxy/sse.py"),
     ("vte_proxy.upstream (Upstream.send, iter_bytes)", "vte_proxy/upstream.py"),
     ("vte_proxy.providers (openai body/headers)", "vte_proxy/providers/"),

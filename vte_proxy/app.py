@@ -12,20 +12,21 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from types import FrameType
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vte_proxy import metrics
+from vte_proxy.accounting import Accounting
+from vte_proxy.dialect import dialect_for_path
 from vte_proxy.discovery import Discovery
 from vte_proxy.errors import GatewayError
 from vte_proxy.http import HealthEndpoint, ModelsEndpoint, ProxyEndpoint, authenticate_status
-from vte_proxy.memory import QUIET_SECONDS, release_after_bursts
+from vte_proxy.memory import QUIET_SECONDS, MemoryWatcher
 from vte_proxy.middleware import CORSMiddleware, GuardMiddleware
 from vte_proxy.providers.base import ENDPOINTS
 from vte_proxy.reload import install_sighup, poll_config, watch_config
@@ -40,17 +41,28 @@ log = logging.getLogger("vte_proxy.app")
 FIRST_DISCOVERY_TIMEOUT = 15.0
 
 
+def _error_response(path: str, err: GatewayError) -> Response:
+    return Response(dialect_for_path(path).error_body(err), status_code=err.status, media_type="application/json",
+                    headers=err.headers)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     err = GatewayError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                       "not_found" if exc.status_code == 404 else "method_not_allowed")
-    return Response(err.json(), status_code=err.status, media_type="application/json", headers=exc.headers)
+                       "not_found" if exc.status_code == 404 else "method_not_allowed",
+                       headers=dict(exc.headers or {}))
+    return _error_response(request.url.path, err)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    """What a non-proxied endpoint (the model list) raised, in the dialect of its path."""
+    assert isinstance(exc, GatewayError)
+    return _error_response(request.url.path, exc)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # Logged once, by GuardMiddleware, which sees the exception re-raised.
-    return Response(GatewayError(500, "internal error", "internal_error").json(), status_code=500,
-                    media_type="application/json")
+    return _error_response(request.url.path, GatewayError(500, "internal error", "internal_error"))
 
 
 async def _metrics(request: Request) -> Response:
@@ -94,52 +106,76 @@ class FastPath:
         await self.app(scope, receive, send)
 
 
-def create_app(config_path: str, connector: ConnectorFactory | None = None,
-               quiet_seconds: float = QUIET_SECONDS) -> ASGIApp:
-    """The gateway for ``config_path``; the config is loaded (and must be valid) at startup.
-    ``quiet_seconds``: how long traffic must have stopped before memory is given back."""
-    gateway = Gateway(config_path, connector)
-    discovery = Discovery(gateway)
-    status = StatusPage(gateway, discovery)
+class Lifespan:
+    """Start-up and shut-down of the process-wide tasks: the first config load and discovery
+    round, the config watchers, SIGHUP and SIGTERM handling, and the memory watcher."""
+
+    def __init__(self, gateway: Gateway, discovery: Discovery, memory: MemoryWatcher) -> None:
+        self.gateway = gateway
+        self.discovery = discovery
+        self.memory = memory
+        self._hup_tasks: set[asyncio.Task[bool]] = set()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def __call__(self, app: Starlette) -> AsyncIterator[None]:
+        gateway = self.gateway
         gateway.load_initial()
-        await discovery.first_round(FIRST_DISCOVERY_TIMEOUT)
+        await self.discovery.first_round(FIRST_DISCOVERY_TIMEOUT)
         stop = asyncio.Event()
-        hup_tasks: set[asyncio.Task[bool]] = set()
         tasks = [asyncio.create_task(watch_config(gateway, stop)), asyncio.create_task(poll_config(gateway, stop)),
-                 asyncio.create_task(release_after_bursts(gateway.in_flight, stop, quiet_seconds))]
-        install_sighup(gateway, hup_tasks)
+                 asyncio.create_task(self.memory.run(stop))]
+        install_sighup(gateway, self._hup_tasks)
         _drain_on_sigterm(gateway)
-        log.warning("vte-proxy serving %d models from %s", len(gateway.state.routing.entries), config_path)
+        log.warning("vte-proxy serving %d models from %s", len(gateway.state.routing.entries), gateway.config_path)
         try:
             yield
         finally:
             gateway.draining = True
             stop.set()
-            discovery.stop()
+            self.discovery.stop()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await gateway.aclose()
 
-    proxied = {f"/v1/{ep}": ProxyEndpoint(gateway, ep) for ep in ENDPOINTS}
-    routes: list[Any] = [
+
+def _routes(gateway: Gateway, accounting: Accounting, status: StatusPage,
+            proxied: dict[str, ProxyEndpoint]) -> list[BaseRoute]:
+    models = ModelsEndpoint(gateway)
+    return [
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in proxied.items()),
-        Route("/v1/models", ModelsEndpoint(gateway), methods=["GET"]),
-        Route("/v1/models/{model_id:path}", ModelsEndpoint(gateway), methods=["GET"]),
-        WebSocketRoute("/v1/chat/completions/ws", ChatWebSocket(gateway)),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", models, methods=["GET"]),
+        WebSocketRoute("/v1/chat/completions/ws", ChatWebSocket(gateway, accounting)),
         Route("/healthz", HealthEndpoint(gateway, readiness=False), methods=["GET"]),
         Route("/readyz", HealthEndpoint(gateway, readiness=True), methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
         *status.routes(),
     ]
-    handlers = {HTTPException: _http_error, Exception: _internal_error}
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+
+
+def create_app(config_path: str, connector: ConnectorFactory | None = None,
+               quiet_seconds: float = QUIET_SECONDS) -> ASGIApp:
+    """The gateway for ``config_path``; the config is loaded (and must be valid) at startup.
+    ``connector``: the upstream connector factory (tests inject one); ``quiet_seconds``: how
+    long traffic must have stopped before memory is given back.
+
+    The process-wide state is built here and passed to whoever needs it: the gateway (the
+    current config state), accounting (metrics, the live request log), the status page and
+    the memory watcher."""
+    gateway = Gateway(config_path, connector)
+    accounting = Accounting()
+    discovery = Discovery(gateway)
+    status = StatusPage(gateway, discovery, accounting)
+    memory = MemoryWatcher(lambda: accounting.finished, gateway.in_flight, quiet_seconds)
+    proxied = {f"/v1/{ep}": ProxyEndpoint(gateway, accounting, ep) for ep in ENDPOINTS}
+    handlers = {HTTPException: _http_error, GatewayError: _gateway_error, Exception: _internal_error}
+    app = Starlette(routes=_routes(gateway, accounting, status, proxied),
+                    lifespan=Lifespan(gateway, discovery, memory), exception_handlers=handlers)
     app.state.gateway = gateway
     app.state.discovery = discovery
-    return GuardMiddleware(CORSMiddleware(FastPath(app, dict(proxied)), gateway), gateway)
+    app.state.accounting = accounting
+    return GuardMiddleware(CORSMiddleware(FastPath(app, dict(proxied)), gateway), gateway, accounting)
 
 
 def app_from_env() -> ASGIApp:

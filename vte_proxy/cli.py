@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -12,7 +13,8 @@ from typing import Any
 import orjson
 
 from vte_proxy import __version__
-from vte_proxy.loader import ConfigError, load_config
+from vte_proxy.config import ServerConfig
+from vte_proxy.loader import ConfigError, LoadedConfig, load_config
 from vte_proxy.settings import Settings
 
 
@@ -87,44 +89,57 @@ def schema() -> int:
 
 
 def serve(settings: Settings) -> int:
+    """Run the gateway until it is stopped (SIGTERM drains in-flight requests first)."""
     from vte_proxy.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
+    loaded = _load_or_report(settings.config)  # fail fast, readably, before any worker starts
+    if loaded is None:
+        return 1
+    _prepare_multiprocess_metrics(settings)
+    import uvicorn
+
+    options = _uvicorn_options(settings, loaded.config.server)
+    if settings.workers == 1:
+        from vte_proxy.app import create_app
+
+        uvicorn.Server(uvicorn.Config(create_app(settings.config), **options)).run()
+        return 0
+    os.environ.update(VTE_CONFIG=os.path.abspath(settings.config),
+                      VTE_LOG_LEVEL=settings.log_level, VTE_LOG_FORMAT=settings.log_format)
+    uvicorn.run("vte_proxy.app:app_from_env", factory=True, workers=settings.workers, **options)
+    return 0
+
+
+def _load_or_report(path: str) -> LoadedConfig | None:
     try:
-        loaded = load_config(settings.config)  # fail fast, readably, before any worker starts
+        return load_config(path)
     except ConfigError as exc:
-        print(f"vte-proxy: cannot start, {settings.config} is invalid:", file=sys.stderr)
+        print(f"vte-proxy: cannot start, {path} is invalid:", file=sys.stderr)
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
-        return 1
-    # Several workers share one metrics view: prometheus_client's multiprocess directory must
-    # exist, be empty, and be in the environment before any worker imports the client (a
-    # directory given in the environment is honoured, and prepared, with one worker too).
+        return None
+
+
+def _prepare_multiprocess_metrics(settings: Settings) -> None:
+    """Several workers share one metrics view: prometheus_client's multiprocess directory must
+    exist, be empty, and be in the environment before any worker imports the client (a
+    directory given in the environment is honoured, and prepared, with one worker too)."""
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or (
         os.path.join(tempfile.gettempdir(), f"vte-proxy-metrics-{settings.port}") if settings.workers > 1 else "")
     if mp_dir:
         shutil.rmtree(mp_dir, ignore_errors=True)
         os.makedirs(mp_dir, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
-    import uvicorn
 
-    # The header timeout lives in the protocol class, read at import (workers: from the env).
-    os.environ["VTE_HEADER_TIMEOUT"] = str(loaded.config.server.header_timeout)
-    from vte_proxy import server
 
-    server.HEADER_TIMEOUT = loaded.config.server.header_timeout
-    common: dict[str, Any] = dict(
-        host=settings.host, port=settings.port, loop="uvloop", http=server.GuardedHttpToolsProtocol,
-        ws="websockets-sansio",
+def _uvicorn_options(settings: Settings, server: ServerConfig) -> dict[str, Any]:
+    from vte_proxy.server import GuardedHttpToolsProtocol
+
+    # A partial of the module-level class: it pickles, so every worker gets the header timeout.
+    protocol = functools.partial(GuardedHttpToolsProtocol, header_timeout=server.header_timeout)
+    return dict(
+        host=settings.host, port=settings.port, loop="uvloop", http=protocol, ws="websockets-sansio",
         lifespan="on", log_config=None, access_log=False, server_header=False, proxy_headers=False,
-        timeout_graceful_shutdown=int(loaded.config.server.shutdown_grace) or None, timeout_keep_alive=75,
+        timeout_graceful_shutdown=int(server.shutdown_grace) or None, timeout_keep_alive=75,
     )
-    if settings.workers == 1:
-        from vte_proxy.app import create_app
-
-        uvicorn.Server(uvicorn.Config(create_app(settings.config), **common)).run()
-        return 0
-    os.environ.update(VTE_CONFIG=os.path.abspath(settings.config),
-                      VTE_LOG_LEVEL=settings.log_level, VTE_LOG_FORMAT=settings.log_format)
-    uvicorn.run("vte_proxy.app:app_from_env", factory=True, workers=settings.workers, **common)
-    return 0

@@ -1,13 +1,16 @@
 """The gateway's own exceptions and the OpenAI-shaped error body.
 
-Every error a client sees is ``{"error": {"message", "type", "code"}}`` with a matching HTTP
-status. Code raises :class:`GatewayError` (or a subclass); the HTTP layer turns it into a
-response, the streaming layer into an SSE error event.
+Every error a client of an OpenAI path sees is ``{"error": {"message", "type", "code"}}`` with a
+matching HTTP status. Code only raises :class:`GatewayError` (or a subclass); the exchange
+(:mod:`vte_proxy.exchange`) is the one place that turns it into a response or, once a stream
+has started, an SSE error event, in the dialect of the endpoint.
 """
 
 from __future__ import annotations
 
 import orjson
+
+from vte_proxy import metrics
 
 _TYPES = {
     400: "invalid_request_error",
@@ -65,15 +68,17 @@ class GatewayError(Exception):
 
 
 class UpstreamError(GatewayError):
-    """A failure talking to a provider, before or during its answer.
+    """A failure talking to ``provider``, before or during its answer.
 
     ``reason`` is a closed vocabulary used as a metric label: ``connect``, ``timeout``,
-    ``first_byte``, ``idle``, ``status``, ``protocol``, ``truncated``, ``discovery``.
-    ``retryable`` says whether another try (same provider or next route target) may help.
+    ``idle``, ``status``, ``protocol``, ``truncated``, ``discovery``. ``retryable`` says whether
+    another try (same provider or next route target) may help. Every failure is counted in
+    ``vte_upstream_errors_total`` here, where it is created, and nowhere else.
     """
 
     def __init__(
         self,
+        provider: str,
         status: int,
         message: str,
         reason: str,
@@ -84,10 +89,12 @@ class UpstreamError(GatewayError):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(status, message, code=code or reason, headers=headers)
+        self.provider = provider
         self.reason = reason
         self.retryable = retryable
         # The upstream's own (already redacted) error body, passed through when present.
         self.upstream_body = body
+        metrics.child(metrics.UPSTREAM_ERRORS, provider, reason).inc()
 
     def json(self) -> bytes:
         return self.upstream_body if self.upstream_body is not None else super().json()

@@ -1,5 +1,8 @@
 """The HTTP endpoints, as plain ASGI callables (no per-request Request/Response objects on
 the hot path): the proxied ``/v1/*`` calls, the model list, health and readiness.
+
+The proxied calls only frame: :class:`HttpSink` writes what the exchange gives it (a JSON
+answer, or SSE batches) and notices a client that leaves mid-stream.
 """
 
 from __future__ import annotations
@@ -16,27 +19,16 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from vte_proxy.accounting import finish, new_record
+from vte_proxy.accounting import Accounting
 from vte_proxy.auth import ClientKey, key_from_headers
+from vte_proxy.dialect import OPENAI, Dialect
 from vte_proxy.errors import GatewayError
-from vte_proxy.proxy import FORWARDED_HEADERS, JsonReply, dispatch, parse_request
-from vte_proxy.state import Gateway, GatewayState
+from vte_proxy.exchange import Exchange, send_json
+from vte_proxy.pipeline import FORWARDED_HEADERS
+from vte_proxy.state import Gateway, GatewayState, pinned_state
 
-JSON = (b"content-type", b"application/json")
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
-
-
-async def send_json(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
-    raw = [JSON, (b"content-length", str(len(body)).encode())]
-    if headers:
-        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send: Send, err: GatewayError) -> None:
-    await send_json(send, err.status, err.json(), err.headers)
 
 
 async def read_body(receive: Receive, scope: Scope, limit: int, seconds: float) -> bytes:
@@ -105,72 +97,79 @@ def forwarded_headers(scope: Scope) -> dict[str, str]:
     return out
 
 
+class HttpSink:
+    """Writes an exchange's answer on an HTTP response. While a stream is open it watches the
+    client: a disconnect cancels the request's task at once, so the upstream is closed too
+    (uvicorn's send() stays silent after a disconnect, so it is receive() that tells)."""
+
+    __slots__ = ("_receive", "_send", "_watcher", "gone", "started")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._watcher: asyncio.Task[None] | None = None
+        self.started = False
+        self.gone = False
+
+    async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        self.started = True
+        await send_json(self._send, status, body, headers)
+
+    async def open_stream(self, headers: Mapping[str, str]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(task))
+        self.started = True
+        raw = SSE_HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()] if headers else SSE_HEADERS
+        await self._send({"type": "http.response.start", "status": 200, "headers": raw})
+
+    async def events(self, batch: list[bytes]) -> None:
+        body = batch[0] + b"\n\n" if len(batch) == 1 else b"\n\n".join(batch) + b"\n\n"
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def end_stream(self) -> None:
+        self.close()
+        await self._send({"type": "http.response.body", "body": b""})
+
+    async def _watch(self, task: asyncio.Task[Any]) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        task.cancel()
+
+    def close(self) -> None:
+        """Stop watching (uvicorn also reports a disconnect once the response is complete)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+
 class ProxyEndpoint:
     """``POST /v1/{endpoint}``: one proxied call."""
 
-    def __init__(self, gateway: Gateway, endpoint: str) -> None:
+    def __init__(self, gateway: Gateway, accounting: Accounting, endpoint: str, dialect: Dialect = OPENAI) -> None:
         self.gateway = gateway
+        self.accounting = accounting
         self.endpoint = endpoint
+        self.dialect = dialect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rec = new_record(self.endpoint)
-        state = self.gateway.state  # this request keeps this state to its end
-        providers = state.providers
-        providers.acquire()
-        started = False
+        state = pinned_state(scope, self.gateway)
+        server = state.config.server
+        exchange = Exchange(state, self.accounting, self.endpoint, self.dialect)
+        sink = HttpSink(receive, send)
+
+        async def read() -> bytes:
+            return await read_body(receive, scope, server.max_body_bytes, server.body_timeout)
+
         try:
-            key = authenticate(state, scope)
-            rec.key = key.name
-            server = state.config.server
-            body = parse_request(await read_body(receive, scope, server.max_body_bytes, server.body_timeout))
-            reply = await dispatch(state, self.endpoint, key, body, rec, forwarded_headers(scope))
-            if isinstance(reply, JsonReply):
-                rec.status = reply.status
-                await send_json(send, reply.status, reply.body, reply.headers)
-                return
-            rec.status = 200
-            started = True
-            await stream_reply(reply.events, reply.close, receive, send)
-        except GatewayError as err:
-            rec.status, rec.error = err.status, err.code
-            if not started:
-                await send_error(send, err)
+            await exchange.run(sink, key_from_headers(scope["headers"]), read, forwarded_headers(scope))
+        except asyncio.CancelledError:
+            if not sink.gone:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
-            providers.release()
-            finish(rec)
-
-
-async def stream_reply(events: Any, close: Any, receive: Receive, send: Send) -> None:
-    """Send SSE events as they come; a client disconnect cancels the stream and closes the
-    upstream at once (uvicorn's send() stays silent after a disconnect, so watch receive())."""
-    task = asyncio.current_task()
-    assert task is not None
-    gone = done = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not done:  # uvicorn also reports a disconnect once the response is complete
-            gone = True
-            task.cancel()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        async for batch in events:
-            body = batch[0] + b"\n\n" if len(batch) == 1 else b"\n\n".join(batch) + b"\n\n"
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-        done = True
-        await send({"type": "http.response.body", "body": b""})
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        task.uncancel()
-    finally:
-        watcher.cancel()
-        await events.aclose()
-        await close()
+            sink.close()
 
 
 def _model_object(name: str, provider: str, created: int) -> dict[str, Any]:
@@ -184,24 +183,24 @@ class ModelsEndpoint:
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = self.gateway.state
-        try:
-            key = authenticate(state, scope)
-            created = int(state.loaded_at)
-            wanted = scope.get("path_params", {}).get("model_id")
-            if wanted is not None:
-                entry = state.routing.resolve(wanted)
-                if entry is None or not key.allows(wanted):
-                    raise GatewayError(404, f"model {wanted!r} does not exist or is not served here",
-                                       "model_not_found")
-                owner = "vte-proxy" if entry.route else entry.targets[0].provider
-                await send_json(send, 200, orjson.dumps(_model_object(wanted, owner, created)))
-                return
-            data = [_model_object(e.name, "vte-proxy" if e.route else e.targets[0].provider, created)
+        state = pinned_state(scope, self.gateway)
+        key = authenticate(state, scope)
+        created = int(state.loaded_at)
+        wanted = scope.get("path_params", {}).get("model_id")
+        if wanted is None:
+            data = [_model_object(e.name, _owner(e.route, e.targets[0].provider if e.targets else ""), created)
                     for e in state.routing.entries.values() if key.allows(e.name)]
             await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
-        except GatewayError as err:
-            await send_error(send, err)
+            return
+        entry = state.routing.resolve(wanted)
+        if entry is None or not key.allows(wanted):
+            raise GatewayError(404, f"model {wanted!r} does not exist or is not served here", "model_not_found")
+        owner = _owner(entry.route, entry.targets[0].provider if entry.targets else "")
+        await send_json(send, 200, orjson.dumps(_model_object(wanted, owner, created)))
+
+
+def _owner(route: bool, provider: str) -> str:
+    return "vte-proxy" if route else provider
 
 
 class HealthEndpoint:

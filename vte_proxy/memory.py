@@ -3,7 +3,7 @@
 While requests flow, Python's cyclic garbage collector runs often enough on its own. When the
 traffic stops, it does not run at all (it is driven by allocations), so the cycles left by the
 last connections of a burst (aiohttp and asyncio objects that refer to each other) stay in
-memory until the next busy period. :func:`release_after_bursts` notices the quiet, collects
+memory until the next busy period. :class:`MemoryWatcher` notices the quiet, collects
 (again once the burst's pooled upstream connections are closed) and asks the C allocator to
 return its free pages to the OS.
 
@@ -21,7 +21,6 @@ import gc
 import logging
 from collections.abc import Callable
 
-from vte_proxy import accounting
 from vte_proxy.upstream import KEEPALIVE_TIMEOUT
 
 log = logging.getLogger("vte_proxy.memory")
@@ -54,33 +53,42 @@ def release_memory() -> int:
     return found
 
 
-async def release_after_bursts(in_flight: Callable[[], int], stop: asyncio.Event,
-                               quiet: float = QUIET_SECONDS,
-                               release: Callable[[], int] = release_memory,
-                               after_pool: tuple[float, ...] = AFTER_POOL_SECONDS) -> None:
-    """Run ``release`` when the gateway goes quiet after serving requests (no request finished
+class MemoryWatcher:
+    """Runs ``release`` when the gateway goes quiet after serving requests (no request finished
     during the last ``quiet`` seconds, none in flight), and again ``after_pool`` seconds later
     while it stays quiet (the burst's pooled upstream connections are closed by then). A busy
-    or idle gateway is left alone."""
-    loop = asyncio.get_running_loop()
-    seen = released = accounting.finished_count()
-    again: list[float] = []  # loop times of the follow-up collections still due
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), quiet)
-            return
-        now = accounting.finished_count()
-        if now != seen:  # still busy: Python's own collector is running
-            seen, again = now, []
-            continue
-        if in_flight():
-            continue
-        if now != released:
-            released = now
-            again = [loop.time() + delay for delay in after_pool]
-        elif again and loop.time() >= again[0]:
-            again.pop(0)
-        else:
-            continue
-        found = release()
-        log.debug("quiet after %d requests: collected %d objects, returned free memory", now, found)
+    or idle gateway is left alone. ``finished`` and ``in_flight`` are the app's own counters."""
+
+    def __init__(self, finished: Callable[[], int], in_flight: Callable[[], int], quiet: float = QUIET_SECONDS,
+                 release: Callable[[], int] = release_memory,
+                 after_pool: tuple[float, ...] = AFTER_POOL_SECONDS) -> None:
+        self.finished = finished
+        self.in_flight = in_flight
+        self.quiet = quiet
+        self.release = release
+        self.after_pool = after_pool
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until ``stop`` is set."""
+        loop = asyncio.get_running_loop()
+        seen = released = self.finished()
+        again: list[float] = []  # loop times of the follow-up collections still due
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.quiet)
+                return
+            now = self.finished()
+            if now != seen:  # still busy: Python's own collector is running
+                seen, again = now, []
+                continue
+            if self.in_flight():
+                continue
+            if now != released:
+                released = now
+                again = [loop.time() + delay for delay in self.after_pool]
+            elif again and loop.time() >= again[0]:
+                again.pop(0)
+            else:
+                continue
+            found = self.release()
+            log.debug("quiet after %d requests: collected %d objects, returned free memory", now, found)

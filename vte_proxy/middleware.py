@@ -1,7 +1,8 @@
 """Plain ASGI middleware (never Starlette's base HTTP middleware class: it costs a task and a memory stream per
 request and per SSE chunk): a last-resort error guard, the concurrency cap and CORS.
 
-Each reads the *current* config on every request, so a reload changes them too.
+Each reads the config of the state pinned for the request (:func:`~vte_proxy.state.pinned_state`,
+the same state the exchange below uses), so a reload changes them for the next request.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vte_proxy.accounting import finish, new_record
+from vte_proxy.accounting import Accounting
+from vte_proxy.dialect import dialect_for_path
 from vte_proxy.errors import GatewayError
-from vte_proxy.http import send_error
+from vte_proxy.exchange import render_error
 from vte_proxy.providers.base import ENDPOINTS
-from vte_proxy.state import Gateway
+from vte_proxy.record import RequestRecord
+from vte_proxy.state import Gateway, pinned_state
 
 log = logging.getLogger("vte_proxy.app")
 
@@ -23,9 +26,10 @@ class GuardMiddleware:
     """Turns anything unexpected into an OpenAI-shaped 500 (never a traceback to the client)
     and caps concurrent ``/v1`` requests per worker (``server.max_concurrency``, 503 beyond)."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway, accounting: Accounting) -> None:
         self.app = app
         self.gateway = gateway
+        self.accounting = accounting
         self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -34,7 +38,7 @@ class GuardMiddleware:
             return
         limited = scope["path"].startswith("/v1/")
         if limited:
-            limit = self.gateway.state.config.server.max_concurrency
+            limit = pinned_state(scope, self.gateway).config.server.max_concurrency
             if self.active >= limit:
                 await self._overloaded(scope, send)
                 return
@@ -52,20 +56,20 @@ class GuardMiddleware:
         except Exception:
             log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
             if not started:
-                await send_error(send, GatewayError(500, "internal error", "internal_error"))
+                await render_error(send, GatewayError(500, "internal error", "internal_error"),
+                                   dialect_for_path(scope["path"]))
         finally:
             if limited:
                 self.active -= 1
 
-
-    @staticmethod
-    async def _overloaded(scope: Scope, send: Send) -> None:
+    async def _overloaded(self, scope: Scope, send: Send) -> None:
         endpoint = scope["path"][4:]
-        rec = new_record(endpoint if endpoint in ENDPOINTS else "other")
-        rec.status, rec.error = 503, "overloaded"
-        await send_error(send, GatewayError(503, "the gateway is at its concurrency limit, retry later",
-                                            "overloaded", headers={"retry-after": "1"}))
-        finish(rec)  # counted, so alerts on 5xx see the refusals
+        rec = RequestRecord.start(endpoint if endpoint in ENDPOINTS else "other")
+        rec.failed(503, "overloaded")
+        await render_error(send, GatewayError(503, "the gateway is at its concurrency limit, retry later",
+                                              "overloaded", headers={"retry-after": "1"}),
+                           dialect_for_path(scope["path"]))
+        self.accounting.finish(rec)  # counted, so alerts on 5xx see the refusals
 
 
 class CORSMiddleware:

@@ -3,7 +3,7 @@
 uvicorn bounds the idle time between requests (keep-alive) but not the time a client may take
 to send its request headers, nor their size: a slowloris client could hold connections open
 forever. This protocol closes a connection whose headers are not complete within
-``HEADER_TIMEOUT`` seconds of its first byte (or of the connection), and answers 431 to
+``header_timeout`` seconds of its first byte (or of the connection), and answers 431 to
 headers larger than ``MAX_HEADER_BYTES``. The request body has its own limit and timeout
 (``server.max_body_bytes``, ``server.body_timeout``), enforced in :mod:`vte_proxy.http`.
 """
@@ -11,13 +11,12 @@ headers larger than ``MAX_HEADER_BYTES``. The request body has its own limit and
 from __future__ import annotations
 
 import asyncio
-import os
 from asyncio import TimerHandle
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-# Set from server.header_timeout by the CLI (workers read it from the environment).
-HEADER_TIMEOUT = float(os.environ.get("VTE_HEADER_TIMEOUT", "10"))
+HEADER_TIMEOUT = 10.0  # seconds, the default of server.header_timeout
 MAX_HEADER_BYTES = 64 * 1024
 
 _TOO_LARGE_BODY = b'{"error":{"message":"request headers are too large","type":"invalid_request_error",' \
@@ -27,8 +26,16 @@ _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: ap
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's protocol with a header deadline and size cap. The CLI passes
+    ``functools.partial(GuardedHttpToolsProtocol, header_timeout=...)`` as uvicorn's ``http``
+    (a partial of a module-level class pickles, so ``--workers N`` gets it too)."""
+
     _header_timer: TimerHandle | None = None
     _header_bytes = 0
+
+    def __init__(self, *args: Any, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -63,8 +70,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _arm(self) -> None:
-        if self._header_timer is None and HEADER_TIMEOUT > 0:
-            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+        if self._header_timer is None and self.header_timeout > 0:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:

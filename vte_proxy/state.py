@@ -14,9 +14,10 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from vte_proxy import metrics
 from vte_proxy.auth import KeyRing
@@ -100,6 +101,15 @@ def build_state(loaded: LoadedConfig, discovered: Mapping[str, tuple[str, ...]],
     modes = {p.name: p.stream_mode or config.stream_mode for p in config.providers}
     return GatewayState(loaded, routing, KeyRing(config.keys), ProviderSet(providers, loaded.sha256[:12]), modes,
                         dict(discovered))
+
+
+def pinned_state(scope: MutableMapping[str, Any], gateway: Gateway) -> GatewayState:
+    """The state one request uses from its start to its end: pinned in its ASGI scope by the
+    first layer that asks (the middleware), so every layer below sees the same one."""
+    state: GatewayState | None = scope.get("vte.state")
+    if state is None:
+        state = scope["vte.state"] = gateway.state
+    return state
 
 
 class Gateway:

@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from vte_proxy import __version__, accounting, metrics
+from vte_proxy import __version__, metrics
+from vte_proxy.accounting import Accounting
 from vte_proxy.http import authenticate_status
 from vte_proxy.state import Gateway
 
@@ -41,9 +42,10 @@ FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect w
 
 
 class StatusPage:
-    def __init__(self, gateway: Gateway, discovery: Discovery) -> None:
+    def __init__(self, gateway: Gateway, discovery: Discovery, accounting: Accounting) -> None:
         self.gateway = gateway
         self.discovery = discovery
+        self.accounting = accounting
         self.started = time.time()
         self.recent: deque[tuple[float, str, bool]] = deque(maxlen=20_000)
         accounting.subscribers.add(self._on_request)
@@ -116,7 +118,7 @@ class StatusPage:
             "unknown_model_requests": unknown["requests"] if unknown else 0,
             "keys": [{"name": k.name, "status": k.status, "models": list(k.models)} for k in config.keys],
             "totals": totals,
-            "log": list(reversed(accounting.recent)),
+            "log": list(reversed(self.accounting.recent)),
         }
 
     async def page(self, request: Request) -> Response:

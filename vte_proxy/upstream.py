@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from vte_proxy.config import ProviderConfig
@@ -59,32 +61,80 @@ class Redactor:
         return data
 
 
+# Shapes an upstream's (non-2xx, redacted) error body: (status, OpenAI-shaped error object).
+ErrorShaper = Callable[[int, bytes], tuple[int, dict[str, Any]]]
+
+
+def transport_error(provider: str, exc: BaseException, *, started: bool, first_byte: float | None = None,
+                    reason: str | None = None) -> UpstreamError:
+    """The one map from an aiohttp/asyncio/OS failure to the gateway's upstream error.
+
+    ``started``: the response headers had arrived (the failure is inside the body). The
+    message never holds a URL, a header or a key, only the exception's class name.
+    """
+    if started:
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            return UpstreamError(provider, 504, f"provider {provider!r} went silent for longer than its idle "
+                                 "timeout", reason or "idle")
+        return UpstreamError(provider, 502, f"provider {provider!r} broke the connection mid-answer "
+                             f"({exc.__class__.__name__})", reason or "truncated")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        message, status, why = f"could not connect to provider {provider!r} (timeout)", 502, "connect"
+    elif isinstance(exc, TimeoutError):
+        message, status, why = f"provider {provider!r} did not answer within {first_byte or 0:g}s", 504, "timeout"
+    elif isinstance(exc, aiohttp.ServerTimeoutError):
+        message, status, why = f"provider {provider!r} did not answer in time", 504, "timeout"
+    else:
+        message, status = f"could not connect to provider {provider!r} ({exc.__class__.__name__})", 502
+        why = "connect"
+    return UpstreamError(provider, status, message, reason or why, retryable=True)
+
+
+async def error_from_response(response: UpstreamResponse, shaper: ErrorShaper | None = None,
+                              reason: str | None = None) -> UpstreamError:
+    """The one map from an upstream's error response (non-2xx) to the gateway's upstream error.
+
+    Without ``shaper`` the upstream's own JSON error body is passed through (secrets removed);
+    a non-JSON body gets an OpenAI-shaped one. A ``shaper`` translates a foreign error shape.
+    """
+    provider, status = response.provider, response.status
+    body = await response.error_body()
+    retry_after = response.headers.get("retry-after")
+    headers = {"retry-after": retry_after} if retry_after else None
+    retryable = status == 429 or status >= 500
+    if shaper is not None:
+        shown, obj = shaper(status, body)
+        error: dict[str, Any] = obj["error"]
+        return UpstreamError(provider, shown, str(error["message"]), reason or "status", retryable=retryable,
+                             code=error.get("code"), body=orjson.dumps(obj), headers=headers)
+    passthrough = body if body[:1] == b"{" else None
+    return UpstreamError(provider, status, f"provider {provider!r} answered HTTP {status}", reason or "status",
+                         retryable=retryable, body=passthrough, headers=headers)
+
+
 class UpstreamResponse:
     """A response whose headers have arrived; the body is read through this object."""
 
-    __slots__ = ("_deadline", "_response", "_upstream", "headers", "status")
+    __slots__ = ("_deadline", "_response", "_upstream", "headers", "provider", "status")
 
     def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse, deadline: float | None) -> None:
         self._upstream = upstream
         self._response = response
         self._deadline = deadline
+        self.provider = upstream.name
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """Body chunks as they arrive; silence beyond ``idle`` or a cut raise UpstreamError."""
-        name = self._upstream.name
         try:
             async for chunk in self._response.content.iter_any():
                 if self._deadline is not None and time.monotonic() > self._deadline:
-                    raise UpstreamError(504, f"provider {name!r} exceeded its total time limit", "timeout")
+                    raise UpstreamError(self.provider, 504, f"provider {self.provider!r} exceeded its total "
+                                        "time limit", "timeout")
                 yield chunk
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamError(504, f"provider {name!r} went silent for longer than its idle timeout",
-                                "idle") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(502, f"provider {name!r} broke the connection mid-answer "
-                                f"({exc.__class__.__name__})", "truncated") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(self.provider, exc, started=True) from None
 
     async def read(self, limit: int = MAX_JSON_BODY) -> bytes:
         parts: list[bytes] = []
@@ -94,10 +144,18 @@ class UpstreamResponse:
             if size > limit:
                 if limit == MAX_ERROR_BODY:
                     break
-                raise UpstreamError(502, f"provider {self._upstream.name!r} answered with a body over "
+                raise UpstreamError(self.provider, 502, f"provider {self.provider!r} answered with a body over "
                                     f"{limit} bytes", "protocol")
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_json(self) -> dict[str, Any]:
+        """The whole body as a JSON object (502 ``protocol`` otherwise); the response is released."""
+        try:
+            raw = await self.read()
+        finally:
+            await self.aclose()
+        return parse_json_object(self.provider, raw)
 
     async def aclose(self) -> None:
         # Back to the pool when fully read; closed (never reused) when abandoned mid-body.
@@ -112,18 +170,17 @@ class UpstreamResponse:
         finally:
             await self.aclose()
 
-    async def error(self) -> UpstreamError:
-        """This (non-2xx) response as an error that passes the upstream's status and body on."""
-        body = await self.error_body()
-        return status_error(self._upstream.name, self.status, body, self.headers.get("retry-after"))
 
-
-def status_error(provider: str, status: int, body: bytes, retry_after: str | None) -> UpstreamError:
-    headers = {"retry-after": retry_after} if retry_after else {}
-    # Pass the provider's own JSON error through; anything else gets an OpenAI-shaped body.
-    passthrough = body if body[:1] == b"{" else None
-    return UpstreamError(status, f"provider {provider!r} answered HTTP {status}", "status",
-                         retryable=status == 429 or status >= 500, body=passthrough, headers=headers)
+def parse_json_object(provider: str, raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object; 502 ``protocol`` when it is not one."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(provider, 502, f"provider {provider!r} answered with invalid JSON", "protocol") from None
+    if not isinstance(body, dict):
+        raise UpstreamError(provider, 502, f"provider {provider!r} answered with a JSON {type(body).__name__}, "
+                            "not an object", "protocol")
+    return body
 
 
 class Upstream:
@@ -158,28 +215,21 @@ class Upstream:
         return parsed
 
     async def send(self, method: str, url: str, headers: Mapping[str, str], content: bytes | None = None,
-                   *, raise_for_status: bool = True) -> UpstreamResponse:
-        """Send a request and wait for the response headers (``first_byte`` timeout)."""
+                   *, shaper: ErrorShaper | None = None, reason: str | None = None) -> UpstreamResponse:
+        """Send a request and wait for the response headers (``first_byte`` timeout); a non-2xx
+        answer is raised as an UpstreamError (``shaper`` translates a foreign error shape;
+        ``reason`` overrides the metric's reason, e.g. ``discovery``)."""
         deadline = time.monotonic() + self._total if self._total else None
         try:
             async with asyncio.timeout(self._first_byte):
                 response = await self._client().request(method, self._url(url), headers=headers, data=content,
                                                         allow_redirects=False)
-        except TimeoutError:
-            raise UpstreamError(504, f"provider {self.name!r} did not answer within "
-                                f"{self._first_byte:g}s", "timeout", retryable=True) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamError(502, f"could not connect to provider {self.name!r} (timeout)", "connect",
-                                retryable=True) from None
-        except aiohttp.ServerTimeoutError:
-            raise UpstreamError(504, f"provider {self.name!r} did not answer in time", "timeout",
-                                retryable=True) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(502, f"could not connect to provider {self.name!r} ({exc.__class__.__name__})",
-                                "connect", retryable=True) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise transport_error(self.name, exc, started=False, first_byte=self._first_byte,
+                                  reason=reason) from None
         result = UpstreamResponse(self, response, deadline)
-        if raise_for_status and response.status >= 400:
-            raise await result.error()
+        if response.status >= 400:
+            raise await error_from_response(result, shaper, reason)
         return result
 
     async def aclose(self) -> None:

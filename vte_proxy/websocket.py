@@ -4,29 +4,56 @@ One JSON chat request per text frame; the answer comes back as one text frame pe
 (``data: {...}``), ending with ``data: [DONE]``; an error is one ``{"error": {...}}`` frame.
 Several requests may follow on one connection. The key comes from the ``Authorization``
 header (or ``x-api-key``) or ``?api_key=``, is checked at connect and again for every request
-(a reload may revoke it), and is never logged. Routing, stream policy, limits and accounting
-are those of HTTP: the same :func:`vte_proxy.proxy.dispatch`.
+(a reload may revoke it), and is never logged. Each request is an
+:class:`~vte_proxy.exchange.Exchange`, exactly as over HTTP: this module only frames.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from vte_proxy.accounting import finish, new_record
+from vte_proxy.accounting import Accounting
 from vte_proxy.auth import key_from_headers
+from vte_proxy.dialect import OPENAI
 from vte_proxy.errors import GatewayError
-from vte_proxy.proxy import StreamReply, dispatch, parse_request
+from vte_proxy.exchange import Exchange
 from vte_proxy.state import Gateway
 
 POLICY_VIOLATION = 1008
 
 
+class WebSocketSink:
+    """Writes an exchange's answer as text frames: one per JSON answer or SSE event."""
+
+    __slots__ = ("started", "ws")
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.started = False
+
+    async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        self.started = True
+        await self.ws.send_text(body.decode())
+
+    async def open_stream(self, headers: Mapping[str, str]) -> None:
+        self.started = True
+
+    async def events(self, batch: list[bytes]) -> None:
+        for ev in batch:
+            await self.ws.send_text(ev.decode())
+
+    async def end_stream(self) -> None:
+        return None
+
+
 class ChatWebSocket:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, accounting: Accounting) -> None:
         self.gateway = gateway
+        self.accounting = accounting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
@@ -47,32 +74,14 @@ class ChatWebSocket:
                     await ws.close(POLICY_VIOLATION, "text frames only")
 
     async def _answer(self, ws: WebSocket, presented: bytes | None, text: str) -> None:
-        rec = new_record("chat/completions")
-        state = self.gateway.state
-        state.providers.acquire()
-        try:
-            key = state.keys.authenticate(presented)
-            if key is None:
-                raise GatewayError(401, "missing or invalid API key", "invalid_api_key")
-            rec.key = key.name
+        state = self.gateway.state  # each request on the connection takes the current state
+        exchange = Exchange(state, self.accounting, "chat/completions", OPENAI)
+        limit = state.config.server.max_body_bytes
+
+        async def read() -> bytes:
             raw = text.encode()
-            limit = state.config.server.max_body_bytes
             if len(raw) > limit:
                 raise GatewayError(413, f"request is larger than {limit} bytes", "body_too_large")
-            reply = await dispatch(state, "chat/completions", key, parse_request(raw), rec, {},
-                                   force_stream_reply=True)
-            assert isinstance(reply, StreamReply)  # force_stream_reply: always a stream
-            rec.status = 200
-            try:
-                async for batch in reply.events:
-                    for ev in batch:
-                        await ws.send_text(ev.decode())
-            finally:
-                await reply.events.aclose()  # type: ignore[attr-defined]
-                await reply.close()
-        except GatewayError as err:
-            rec.status, rec.error = err.status, err.code
-            await ws.send_text(err.json().decode())
-        finally:
-            state.providers.release()
-            finish(rec)
+            return raw
+
+        await exchange.run(WebSocketSink(ws), presented, read, {}, stream_reply=True)

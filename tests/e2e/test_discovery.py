@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support import ScriptedUpstream, gateway_yaml, running_gateway
 from tests.e2e.test_reload import Probe, eventually, openai_provider, write_atomic
+from tests.support import ScriptedUpstream, gateway_yaml, running_gateway
 
 UPSTREAM_MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4o-audio-preview", "o3", "text-embedding-3-small"]
 STATIC = {"up/gpt-4o", "up/gpt-4o-mini", "demo/echo"}

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import Stack
 from tests.support import CLIENT_KEY
+from vte_proxy.dialect import parse_openai as parse_request
 from vte_proxy.errors import GatewayError
-from vte_proxy.proxy import parse_request
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,

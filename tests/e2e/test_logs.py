@@ -120,7 +120,7 @@ def test_json_failures_are_logged_by_name_without_the_key(json_debug_log: list[d
     ws = lines[5]
     assert (ws["status"], ws["model"], ws["key"], ws["stream"]) == (200, "demo/echo", "team", True)
     # The provider failure is also reported at warning, by provider and reason.
-    warnings = [r for r in json_debug_log if r["level"] == "warning" and r["logger"] == "vte_proxy.proxy"]
+    warnings = [r for r in json_debug_log if r["level"] == "warning" and r["logger"] == "vte_proxy.pipeline"]
     assert any("provider up failed" in r["message"] for r in warnings)
     # uvicorn's WebSocket line keeps the path, not the query string that carried the key.
     assert any("/v1/chat/completions/ws?[redacted]" in r["message"] for r in json_debug_log)

@@ -15,18 +15,20 @@ import httpx
 import pytest
 
 from tests.support import CLIENT_KEY, serve_app_in_thread
-from vte_proxy.accounting import finish, new_record
 from vte_proxy.app import create_app
-from vte_proxy.memory import release_after_bursts, release_memory
+from vte_proxy.memory import MemoryWatcher, release_memory
 
 QUIET = 0.05
 
 
+class Requests:
+    """The app's finished-requests counter, as the watcher reads it."""
+
+    finished = 0
+
+
 def burst(n: int = 3) -> None:
-    for _ in range(n):
-        rec = new_record("chat/completions")
-        rec.status = 200
-        finish(rec)
+    Requests.finished += n
 
 
 async def until(predicate: Callable[[], bool], within: float = 3.0) -> bool:
@@ -50,7 +52,8 @@ class Probe:
 
 async def run_with(probe: Probe, body: Callable[[], Awaitable[None]], after_pool: tuple[float, ...] = ()) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(release_after_bursts(lambda: probe.in_flight, stop, QUIET, probe.release, after_pool))
+    watcher = MemoryWatcher(lambda: Requests.finished, lambda: probe.in_flight, QUIET, probe.release, after_pool)
+    task = asyncio.create_task(watcher.run(stop))
     await asyncio.sleep(0)  # it has started (and counted the requests so far)
     try:
         await body()
@@ -140,7 +143,7 @@ async def test_never_runs_while_requests_keep_finishing() -> None:
 
 async def test_stops_when_told() -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(release_after_bursts(lambda: 0, stop, 3600))
+    task = asyncio.create_task(MemoryWatcher(lambda: 0, lambda: 0, 3600).run(stop))
     await asyncio.sleep(0)
     stop.set()
     await asyncio.wait_for(task, 1)  # does not wait out its hour

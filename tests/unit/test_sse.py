@@ -10,7 +10,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vte_proxy.sse import DONE, ChatAssembler, StreamWatcher, data_of, split_events, synthesize
+from vte_proxy.shaping import ChatAssembler, StreamWatcher, synthesize
+from vte_proxy.sse import DONE, data_of, split_events
 
 
 async def collect(parts: list[bytes]) -> list[bytes]:
@@ -111,7 +112,7 @@ def test_synthesised_stream_assembles_back_to_the_same_completion(msg: dict[str,
     chunks = _chunks_of(events)
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == "p/up" for c in chunks)
     assert (chunks[-1]["choices"] == []) is usage
-    asm = ChatAssembler()
+    asm = ChatAssembler("up")
     for c in chunks:
         asm.add(c)
     rebuilt = asm.result("p/up")

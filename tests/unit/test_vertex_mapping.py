@@ -737,7 +737,6 @@ def run_stream(events: list[dict[str, Any]], translator: GeminiStreamTranslator 
     for event in events:
         gtypes.GenerateContentResponse.model_validate(event)
         chunks.extend(translator.feed(event))
-    chunks.extend(translator.finish())
     for chunk in chunks:
         ChatCompletionChunk.model_validate(chunk)
         assert (chunk["id"], chunk["object"], chunk["created"], chunk["model"]) == (
@@ -795,7 +794,6 @@ def test_stream_thoughts_become_reasoning_content_deltas():
 def test_stream_without_finish_reason_is_reported_unfinished():
     translator, chunks = run_stream([text_event("partial", usage=USAGE)])
     assert deltas(chunks) == [({"role": "assistant", "content": "partial"}, None)]
-    assert translator.finish() == []
     assert translator.finished is False
     assert translator.usage is not None
 

@@ -1,16 +1,19 @@
 """The one small interface every provider type implements.
 
-A provider takes a :class:`Call` (the client's parsed body, the target, whether to stream
-upstream) and returns an answer in OpenAI's wire format: a :class:`JsonAnswer` or a
-:class:`StreamAnswer` of SSE events. Policy (stream conversion, model names in answers,
-usage, fall-over) lives above it, in :mod:`vte_proxy.proxy`, and is the same for every type.
-Failures before the first byte are raised as :class:`~vte_proxy.errors.UpstreamError`.
+A provider takes a :class:`Call` (the client's parsed body in ``call.dialect``, the target,
+whether to stream upstream) and returns an :data:`Answer` in its upstream's terms: the
+upstream's model name, ids and usage, as a :class:`JsonAnswer` or a :class:`StreamAnswer` of
+SSE events in OpenAI's chat format (a provider whose upstream speaks another dialect
+translates, see docs/architecture.md). Everything the client sees beyond that (stream
+conversion, the exposed model name, usage visibility, completeness) is decided once, in
+:mod:`vte_proxy.shaping`. Failures before the first byte are raised as
+:class:`~vte_proxy.errors.UpstreamError`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,10 @@ from vte_proxy.routing import Target
 
 ENDPOINTS = ("chat/completions", "completions", "embeddings", "responses")
 
+# Batches of complete SSE events (each without its trailing blank line): one batch per
+# upstream read, so the client side can send them in one write.
+EventBatches = AsyncGenerator[list[bytes], None]
+
 
 @dataclass(slots=True)
 class Call:
@@ -28,12 +35,7 @@ class Call:
     target: Target
     stream: bool                  # call the upstream streaming
     headers: dict[str, str] = field(default_factory=dict)  # allow-listed client headers to pass on
-    # The name answers must carry: what the client asked for (a route's name, not its target's).
-    reply_model: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.reply_model:
-            self.reply_model = self.target.exposed
+    dialect: str = "openai"       # the dialect ``body`` is written in
 
 
 @dataclass(slots=True)
@@ -42,18 +44,17 @@ class JsonAnswer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+async def _nothing_to_close() -> None:
+    return None
+
+
 @dataclass(slots=True)
 class StreamAnswer:
-    """SSE events (each without its trailing blank line) in OpenAI's format, in batches: each
-    item of ``events`` is the list of complete events one upstream read brought.
+    """An answer that streams: ``events`` as they arrive; ``close`` releases the upstream
+    connection (it is called once, however the stream ends)."""
 
-    ``rewrite_model`` is false when the provider already wrote the exposed name into every
-    chunk (translated streams), so the pass-through rewrite can be skipped.
-    """
-
-    events: AsyncIterator[list[bytes]]
-    close: Callable[[], Awaitable[None]]
-    rewrite_model: bool = True
+    events: EventBatches
+    close: Callable[[], Awaitable[None]] = _nothing_to_close
     headers: dict[str, str] = field(default_factory=dict)
 
 

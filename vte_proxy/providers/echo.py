@@ -11,11 +11,10 @@ import hashlib
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from vte_proxy.errors import bad_request
-from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.providers.base import Answer, Call, EventBatches, JsonAnswer, Provider, StreamAnswer
 from vte_proxy.sse import DONE, event
 
 _ids = itertools.count(1)
@@ -74,7 +73,7 @@ def _vector(text: str, dims: int = 16) -> list[float]:
 class EchoProvider(Provider):
     async def send(self, call: Call) -> Answer:
         self.check_endpoint(call.endpoint)
-        model = call.reply_model
+        model = call.target.upstream_model
         n = next(_ids)
         created = int(time.time())
         if call.endpoint == "embeddings":
@@ -95,11 +94,10 @@ class EchoProvider(Provider):
                 obj = "text_completion"
             return JsonAnswer({"id": rid, "object": obj, "created": created, "model": model,
                                "choices": [choice], "usage": usage})
-        return StreamAnswer(self._stream(call.endpoint, rid, created, model, text, usage), _noop,
-                            rewrite_model=False)
+        return StreamAnswer(self._stream(call.endpoint, rid, created, model, text, usage))
 
     async def _stream(self, endpoint: str, rid: str, created: int, model: str, text: str,
-                      usage: dict[str, int]) -> AsyncIterator[list[bytes]]:
+                      usage: dict[str, int]) -> EventBatches:
         chat = endpoint == "chat/completions"
         head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
                 "model": model}
@@ -137,7 +135,7 @@ class EchoProvider(Provider):
         if not call.stream:
             return JsonAnswer(done)
 
-        async def events() -> AsyncIterator[list[bytes]]:
+        async def events() -> EventBatches:
             started = {**done, "status": "in_progress", "output": [], "usage": None}
             seq = itertools.count()
             out = [b"event: response.created\n" + event({"type": "response.created", "sequence_number": next(seq),
@@ -149,8 +147,4 @@ class EchoProvider(Provider):
                                                                "sequence_number": next(seq), "response": done}))
             yield out
 
-        return StreamAnswer(events(), _noop, rewrite_model=False)
-
-
-async def _noop() -> None:
-    return None
+        return StreamAnswer(events())

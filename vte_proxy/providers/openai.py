@@ -2,7 +2,7 @@
 
 The client's body is forwarded with only ``model`` (and, for streams, ``stream_options``)
 changed. The upstream key is sent as ``Authorization: Bearer``; the client's own headers never
-are, except an allow-list of harmless ones (see :data:`vte_proxy.proxy.FORWARDED_HEADERS`).
+are, except an allow-list of harmless ones (see :data:`vte_proxy.pipeline.FORWARDED_HEADERS`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,25 @@ from vte_proxy.upstream import ConnectorFactory, Upstream
 _STREAMING = ("chat/completions", "completions", "responses")
 
 
+def upstream_body(call: Call) -> bytes:
+    """The body for the upstream: the client's, with the upstream model and the stream flags
+    (usage always asked for in streams: accounting needs it; shaping hides it again)."""
+    body: dict[str, Any] = dict(call.body)
+    body["model"] = call.target.upstream_model
+    if call.endpoint in ("chat/completions", "completions"):
+        if call.stream:
+            body["stream"] = True
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        else:
+            if "stream" in body:
+                body["stream"] = False
+            body.pop("stream_options", None)  # strict upstreams reject it on a non-stream call
+    elif call.endpoint == "responses":
+        body["stream"] = call.stream
+    return orjson.dumps(body)
+
+
 class OpenAIProvider(Provider):
     def __init__(self, config: ProviderConfig, connector: ConnectorFactory | None = None) -> None:
         super().__init__(config)
@@ -34,58 +53,25 @@ class OpenAIProvider(Provider):
         headers.update({k.lower(): v for k, v in config.headers.items()})
         self._headers = headers
 
-    def _body(self, call: Call) -> bytes:
-        body: dict[str, Any] = dict(call.body)
-        body["model"] = call.target.upstream_model
-        if call.endpoint in ("chat/completions", "completions"):
-            if call.stream:
-                body["stream"] = True
-                options = body.get("stream_options")
-                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-            else:
-                if "stream" in body:
-                    body["stream"] = False
-                body.pop("stream_options", None)  # strict upstreams reject it on a non-stream call
-        elif call.endpoint == "responses":
-            body["stream"] = call.stream
-        return orjson.dumps(body)
-
     async def send(self, call: Call) -> Answer:
         self.check_endpoint(call.endpoint)
         headers = self._headers
         if call.headers:
             headers = {**call.headers, **headers}
-        response = await self.upstream.send("POST", self._urls[call.endpoint], headers, self._body(call))
+        response = await self.upstream.send("POST", self._urls[call.endpoint], headers, upstream_body(call))
         if call.stream and call.endpoint in _STREAMING:
             return StreamAnswer(split_events(response.iter_bytes()), response.aclose)
-        try:
-            raw = await response.read()
-        finally:
-            await response.aclose()
-        return JsonAnswer(parse_json_answer(self.name, raw))
+        return JsonAnswer(await response.read_json())
 
     async def discover(self) -> tuple[str, ...]:
         response = await self.upstream.send("GET", f"{self._base}/models",
-                                            {k: v for k, v in self._headers.items() if k != "content-type"})
-        try:
-            raw = await response.read()
-        finally:
-            await response.aclose()
-        data = parse_json_answer(self.name, raw).get("data")
+                                            {k: v for k, v in self._headers.items() if k != "content-type"},
+                                            reason="discovery")
+        data = (await response.read_json()).get("data")
         if not isinstance(data, list):
-            raise UpstreamError(502, f"provider {self.name!r} answered /models without a data list", "discovery")
+            raise UpstreamError(self.name, 502, f"provider {self.name!r} answered /models without a data list",
+                                "discovery")
         return tuple(m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
-
-
-def parse_json_answer(provider: str, raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(502, f"provider {provider!r} answered with invalid JSON", "protocol") from None
-    if not isinstance(body, dict):
-        raise UpstreamError(502, f"provider {provider!r} answered with a JSON {type(body).__name__}, "
-                            "not an object", "protocol")
-    return body

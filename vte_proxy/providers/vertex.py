@@ -6,15 +6,14 @@ the client's chat/completions body becomes a ``generateContent`` body
 OpenAI's. Only ``/v1/chat/completions`` is served; the models come from the config.
 
 The key travels in the ``x-goog-api-key`` header, never in the URL (URLs end up in exception
-texts and logs). Stream policy, usage accounting and model names in answers are left to
-:mod:`vte_proxy.proxy`, exactly as for ``openai`` providers.
+texts and logs). Stream policy, usage visibility, completeness and model names in answers are
+left to :mod:`vte_proxy.shaping`, exactly as for ``openai`` providers.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -22,8 +21,7 @@ import orjson
 
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
-from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
-from vte_proxy.providers.openai import parse_json_answer
+from vte_proxy.providers.base import Answer, Call, EventBatches, JsonAnswer, Provider, StreamAnswer
 from vte_proxy.providers.vertex_mapping import GeminiStreamTranslator, chat_to_gemini, gemini_error, gemini_to_chat
 from vte_proxy.sse import DONE, data_of, event, split_events
 from vte_proxy.upstream import ConnectorFactory, Upstream, UpstreamResponse
@@ -63,38 +61,19 @@ class VertexExpressProvider(Provider):
     async def send(self, call: Call) -> Answer:
         self.check_endpoint(call.endpoint)
         body = orjson.dumps(chat_to_gemini(call.body))  # 400 before any network for untranslatable bodies
-        response = await self.upstream.send(
-            "POST", self._url(call.target.upstream_model, call.stream),
-            self._stream_headers if call.stream else self._headers, body, raise_for_status=False)
-        if response.status >= 300:
-            raise await self._error(response)
+        model = call.target.upstream_model
+        response = await self.upstream.send("POST", self._url(model, call.stream),
+                                            self._stream_headers if call.stream else self._headers, body,
+                                            shaper=gemini_error)
         if call.stream:
-            translator = GeminiStreamTranslator(call.reply_model, _response_id(), int(time.time()))
-            return StreamAnswer(self._events(response, translator), response.aclose, rewrite_model=False)
-        try:
-            raw = await response.read()
-        finally:
-            await response.aclose()
-        return JsonAnswer(gemini_to_chat(parse_json_answer(self.name, raw), call.reply_model, _response_id(),
-                                         int(time.time())))
+            translator = GeminiStreamTranslator(model, _response_id(), int(time.time()), provider=self.name)
+            return StreamAnswer(self._events(response, translator), response.aclose)
+        return JsonAnswer(gemini_to_chat(await response.read_json(), model, _response_id(), int(time.time()),
+                                         provider=self.name))
 
-    async def _error(self, response: UpstreamResponse) -> UpstreamError:
-        """A non-2xx answer as an UpstreamError with an OpenAI-shaped (redacted) body."""
-        status, body = gemini_error(response.status, await response.error_body())
-        retry_after = response.headers.get("retry-after")
-        error: dict[str, Any] = body["error"]
-        return UpstreamError(status, str(error["message"]), "status",
-                             retryable=response.status == 429 or response.status >= 500,
-                             code=error.get("code"), body=orjson.dumps(body),
-                             headers={"retry-after": retry_after} if retry_after else None)
-
-    async def _events(self, response: UpstreamResponse,
-                      translator: GeminiStreamTranslator) -> AsyncIterator[list[bytes]]:
-        """Gemini SSE events -> OpenAI chunk events, the usage chunk, then ``[DONE]``.
-
-        A stream that ends before every choice got a finishReason raises a ``truncated`` error
-        (the proxy turns it into an SSE error event, or a 502 when it assembles a completion).
-        """
+    async def _events(self, response: UpstreamResponse, translator: GeminiStreamTranslator) -> EventBatches:
+        """Gemini SSE events -> OpenAI chunk events; once every choice finished, the usage chunk
+        and ``[DONE]``. A stream that ends before that simply ends: shaping judges it truncated."""
         try:
             async for batch in split_events(response.iter_bytes()):
                 out = [event(chunk) for ev in batch for chunk in self._translate(ev, translator)]
@@ -105,16 +84,9 @@ class VertexExpressProvider(Provider):
             # event) loses nothing the client needs.
             if not translator.finished or exc.reason not in ("truncated", "idle", "timeout"):
                 raise
-        tail = [event(chunk) for chunk in translator.finish()]
-        if not translator.finished:
-            if tail:
-                yield tail
-            raise UpstreamError(502, f"provider {self.name!r} ended the stream before it was complete",
-                                "truncated")
-        usage = translator.usage_chunk()
-        if usage is not None:  # always sent: the proxy drops it unless the client asked for it
-            tail.append(event(usage))
-        yield [*tail, DONE]
+        if translator.finished:
+            usage = translator.usage_chunk()  # always sent: shaping drops it unless the client asked
+            yield [event(usage), DONE] if usage is not None else [DONE]
 
     def _translate(self, ev: bytes, translator: GeminiStreamTranslator) -> list[dict[str, Any]]:
         payload = data_of(ev)
@@ -125,7 +97,8 @@ class VertexExpressProvider(Provider):
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise UpstreamError(502, f"provider {self.name!r} sent an invalid stream event", "protocol") from None
+            raise UpstreamError(self.name, 502, f"provider {self.name!r} sent an invalid stream event",
+                                "protocol") from None
         return translator.feed(obj)
 
     async def aclose(self) -> None:

@@ -46,8 +46,16 @@ def gemini_usage(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _malformed(what: str) -> UpstreamError:
-    return UpstreamError(502, f"Vertex AI returned a malformed {what}", "protocol")
+class Malformed(Exception):
+    """A part of a Gemini answer that is not of the documented shape (its name is the text)."""
+
+
+def _malformed(what: str) -> Malformed:
+    return Malformed(what)
+
+
+def _protocol_error(provider: str, exc: Malformed) -> UpstreamError:
+    return UpstreamError(provider, 502, f"Vertex AI returned a malformed {exc}", "protocol")
 
 
 def _split(candidate: Any) -> tuple[str, str, list[dict[str, Any]]]:
@@ -98,8 +106,17 @@ def _blocked(resp: dict[str, Any]) -> bool:
     return isinstance(feedback, dict) and bool(feedback.get("blockReason"))
 
 
-def gemini_to_chat(resp: dict[str, Any], model: str, response_id: str, created: int) -> dict[str, Any]:
-    """generateContent response -> OpenAI chat.completion (model = the exposed name given)."""
+def gemini_to_chat(resp: dict[str, Any], model: str, response_id: str, created: int, *,
+                   provider: str = "vertex-express") -> dict[str, Any]:
+    """generateContent response -> OpenAI chat.completion (``model``: the upstream's name;
+    ``provider``: whose failure a malformed answer is)."""
+    try:
+        return _gemini_to_chat(resp, model, response_id, created)
+    except Malformed as exc:
+        raise _protocol_error(provider, exc) from None
+
+
+def _gemini_to_chat(resp: dict[str, Any], model: str, response_id: str, created: int) -> dict[str, Any]:
     if not isinstance(resp, dict):
         raise _malformed("response")
     choices: list[dict[str, Any]] = []
@@ -128,7 +145,8 @@ def gemini_to_chat(resp: dict[str, Any], model: str, response_id: str, created: 
 class GeminiStreamTranslator:
     """Turns the decoded JSON events of ``streamGenerateContent?alt=sse`` into OpenAI chunks."""
 
-    def __init__(self, model: str, response_id: str, created: int) -> None:
+    def __init__(self, model: str, response_id: str, created: int, *, provider: str = "vertex-express") -> None:
+        self.provider = provider
         self.model = model
         self.response_id = response_id
         self.created = created
@@ -147,12 +165,19 @@ class GeminiStreamTranslator:
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """One Gemini SSE event -> OpenAI ``chat.completion.chunk`` dicts (no usage chunk)."""
+        try:
+            return self._feed(event)
+        except Malformed as exc:
+            raise _protocol_error(self.provider, exc) from None
+
+    def _feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(event, dict):
             raise _malformed("stream event")
         if isinstance(event.get("error"), dict):
             status, body = gemini_error(_status_of(event["error"]), json.dumps(event).encode())
-            raise UpstreamError(status, body["error"]["message"], "status", retryable=status in (429, 503),
-                                code=body["error"]["code"], body=json.dumps(body).encode())
+            raise UpstreamError(self.provider, status, body["error"]["message"], "status",
+                                retryable=status in (429, 503), code=body["error"]["code"],
+                                body=json.dumps(body).encode())
         if isinstance(event.get("usageMetadata"), dict):
             self._usage = gemini_usage(event["usageMetadata"])
         chunks: list[dict[str, Any]] = []
@@ -177,13 +202,6 @@ class GeminiStreamTranslator:
             self._done.add(0)
             chunks.append(self._chunk(0, {}, "content_filter"))
         return chunks
-
-    def finish(self) -> list[dict[str, Any]]:
-        """Chunks still owed at the end of the stream: none, nothing is buffered.
-
-        A stream that ended without a finishReason is truncated: check :attr:`finished`.
-        """
-        return []
 
     @property
     def finished(self) -> bool:

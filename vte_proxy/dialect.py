@@ -1,0 +1,70 @@
+"""Ingress dialects: how a client's request body is read and how errors are written back to it.
+
+A :class:`Dialect` is chosen by the endpoint (OpenAI's paths today; Anthropic Messages plugs in
+here with its own parse and error shapes, see docs/architecture.md). The exchange is the only
+caller of ``error_body`` and ``error_event``: it is the one place where an exception becomes
+bytes for the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from vte_proxy.errors import GatewayError, bad_request
+
+MAX_MODEL_NAME = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What a client dialect needs from the gateway: parse its body, shape its errors."""
+
+    name: str
+    parse: Callable[[bytes], dict[str, Any]]
+    error_body: Callable[[GatewayError], bytes]      # the JSON error answer, before any byte was sent
+    error_event: Callable[[GatewayError], bytes]     # the SSE event that ends a stream with an error
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The client's JSON body as a dict; 400 otherwise."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("the request body is not valid JSON (UTF-8)", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", "invalid_json")
+    return body
+
+
+def parse_openai(raw: bytes) -> dict[str, Any]:
+    """An OpenAI request body: a JSON object with a string ``model``; 400 otherwise."""
+    body = parse_json_object(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required and must be a non-empty string", "invalid_model")
+    if len(model) > MAX_MODEL_NAME:
+        raise bad_request("'model' is too long", "invalid_model")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean", "invalid_stream")
+    return body
+
+
+def _openai_error_body(err: GatewayError) -> bytes:
+    return err.json()  # an upstream's own error body passes through (UpstreamError.json)
+
+
+def _openai_error_event(err: GatewayError) -> bytes:
+    return b"data: " + err.json()
+
+
+OPENAI = Dialect("openai", parse_openai, _openai_error_body, _openai_error_event)
+
+
+def dialect_for_path(path: str) -> Dialect:
+    """The dialect errors on ``path`` are written in."""
+    return OPENAI

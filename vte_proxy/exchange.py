@@ -1,0 +1,136 @@
+"""The exchange: one proxied request's lifecycle, shared by every transport.
+
+A transport (:mod:`vte_proxy.http`, :mod:`vte_proxy.websocket`) only frames: it builds an
+:class:`Exchange` and a :class:`Sink` and calls :meth:`Exchange.run`. The exchange
+
+- pins the gateway state once (the same one the middleware pinned for this request) and holds
+  its provider-set lease to the end, so a reload never changes a request half-way;
+- owns the :class:`~vte_proxy.record.RequestRecord` and its clock;
+- is the error boundary: a :class:`~vte_proxy.errors.GatewayError` raised anywhere below
+  becomes the dialect's JSON error before the first byte, or its SSE error event after it
+  (:func:`render_error` is the one function that writes an error answer);
+- reports the request to accounting exactly once, when it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from starlette.types import Send
+
+from vte_proxy.accounting import Accounting
+from vte_proxy.auth import ClientKey
+from vte_proxy.dialect import Dialect
+from vte_proxy.errors import GatewayError
+from vte_proxy.pipeline import Request, dispatch
+from vte_proxy.record import RequestRecord
+from vte_proxy.shaping import JsonReply, Reply, StreamReply
+from vte_proxy.state import GatewayState
+
+JSON = (b"content-type", b"application/json")
+
+
+class Sink(Protocol):
+    """How a transport writes an answer: one JSON message, or a stream of SSE event batches."""
+
+    started: bool  # the first byte of an answer has been sent
+
+    async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None: ...
+
+    async def open_stream(self, headers: Mapping[str, str]) -> None: ...
+
+    async def events(self, batch: list[bytes]) -> None: ...
+
+    async def end_stream(self) -> None: ...
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+    """A complete JSON response on an ASGI ``send``."""
+    raw = [JSON, (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def render_error(send: Send, err: GatewayError, dialect: Dialect) -> None:
+    """The one place an error becomes an HTTP answer (also for the middleware's refusals)."""
+    await send_json(send, err.status, dialect.error_body(err), err.headers)
+
+
+class Exchange:
+    """One proxied request from its first byte in to its last byte out."""
+
+    __slots__ = ("accounting", "dialect", "record", "state")
+
+    def __init__(self, state: GatewayState, accounting: Accounting, endpoint: str, dialect: Dialect) -> None:
+        self.state = state
+        self.accounting = accounting
+        self.dialect = dialect
+        self.record = RequestRecord.start(endpoint)
+
+    def dispatched(self, provider: str) -> None:
+        self.accounting.dispatched(self.record, provider)
+
+    def authenticate(self, presented: bytes | None) -> ClientKey:
+        key = self.state.keys.authenticate(presented)
+        if key is None:
+            raise GatewayError(401, "missing or invalid API key", "invalid_api_key")
+        self.record.key = key.name
+        return key
+
+    async def run(self, sink: Sink, presented: bytes | None, read: Callable[[], Awaitable[bytes]],
+                  headers: dict[str, str], stream_reply: bool = False) -> None:
+        """Answer one request on ``sink``: authenticate, read, dispatch, send; never raises a
+        GatewayError (it is the answer)."""
+        reply: Reply | None = None
+        self.state.providers.acquire()
+        try:
+            key = self.authenticate(presented)
+            request = self._request(key, self.dialect.parse(await read()), headers, stream_reply)
+            reply = await dispatch(self.state, request, self)
+            await self._send(sink, reply)
+        except GatewayError as err:
+            await self._fail(sink, err)
+        finally:
+            await self._end(reply)
+
+    def _request(self, key: ClientKey, body: dict[str, object], headers: dict[str, str],
+                 stream_reply: bool) -> Request:
+        endpoint = self.record.endpoint
+        client_stream = stream_reply or (body.get("stream") is True and endpoint != "embeddings")
+        self.record.stream = client_stream
+        return Request(endpoint, body, key, client_stream, headers, self.dialect.name)
+
+    async def _send(self, sink: Sink, reply: Reply) -> None:
+        if isinstance(reply, JsonReply):
+            self.record.status = reply.status
+            await sink.json(reply.status, reply.body, reply.headers)
+            return
+        self.record.status = 200
+        await sink.open_stream(reply.headers)
+        async for batch in reply.events:
+            self.record.first_byte()
+            await sink.events(batch)
+        await sink.end_stream()
+
+    async def _fail(self, sink: Sink, err: GatewayError) -> None:
+        self.record.failed(err.status, err.code)
+        if not sink.started:
+            await sink.json(err.status, self.dialect.error_body(err), err.headers)
+            return
+        await sink.events([self.dialect.error_event(err)])
+        await sink.end_stream()
+
+    async def _end(self, reply: Reply | None) -> None:
+        try:
+            if isinstance(reply, StreamReply):
+                await reply.events.aclose()
+                await reply.close()
+                self.record.got_usage(reply.usage())
+            elif reply is not None:
+                self.record.got_usage(reply.usage)
+        finally:
+            self.state.providers.release()
+            self.accounting.finish(self.record)
