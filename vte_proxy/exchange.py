@@ -9,13 +9,16 @@ A transport (:mod:`vte_proxy.http`, :mod:`vte_proxy.websocket`) only frames: it 
 - is the error boundary: a :class:`~vte_proxy.errors.GatewayError` raised anywhere below
   becomes the dialect's JSON error before the first byte, or its SSE error event after it
   (:func:`render_error` is the one function that writes an error answer);
-- reports the request to accounting exactly once, when it ends.
+- reports the request to accounting exactly once, when it ends;
+- when tracing is on, opens the request's server span (continuing the client's
+  ``traceparent``) and ends it once, with the request, after accounting.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import Send
 
@@ -27,6 +30,9 @@ from vte_proxy.pipeline import Request, dispatch
 from vte_proxy.record import RequestRecord
 from vte_proxy.shaping import JsonReply, Reply, StreamReply
 from vte_proxy.state import GatewayState
+
+if TYPE_CHECKING:  # the SDK side of tracing is imported only when tracing is on
+    from vte_proxy.tracing_sdk import RequestSpan, Tracer
 
 JSON = (b"content-type", b"application/json")
 
@@ -62,13 +68,14 @@ async def render_error(send: Send, err: GatewayError, dialect: Dialect) -> None:
 class Exchange:
     """One proxied request from its first byte in to its last byte out."""
 
-    __slots__ = ("accounting", "dialect", "record", "state")
+    __slots__ = ("accounting", "dialect", "record", "span", "state")
 
     def __init__(self, state: GatewayState, accounting: Accounting, endpoint: str, dialect: Dialect) -> None:
         self.state = state
         self.accounting = accounting
         self.dialect = dialect
         self.record = RequestRecord.start(endpoint)
+        self.span: RequestSpan | None = None  # the server span, while tracing is on
 
     def dispatched(self, provider: str) -> None:
         self.accounting.dispatched(self.record, provider)
@@ -78,6 +85,8 @@ class Exchange:
         if key is None:
             raise GatewayError(401, "missing or invalid API key", "invalid_api_key")
         self.record.key = key.name
+        if self.span is not None:
+            self.span.key(key.name, key.trace_content)
         return key
 
     async def run(self, sink: Sink, presented: bytes | None, read: Callable[[], Awaitable[bytes]],
@@ -86,6 +95,9 @@ class Exchange:
         GatewayError (it is the answer)."""
         reply: Reply | None = None
         self.state.providers.acquire()
+        tracer = self.accounting.tracing.current
+        if tracer is not None:
+            self._trace(tracer, headers)
         try:
             key = self.authenticate(presented)
             request = self._request(key, self.dialect.parse(await read()), headers, stream_reply)
@@ -95,6 +107,11 @@ class Exchange:
             await self._fail(sink, err)
         finally:
             await self._end(reply)
+
+    def _trace(self, tracer: Tracer, headers: dict[str, str]) -> None:
+        endpoint = self.record.endpoint
+        self.span = tracer.request("POST", "/v1/" + endpoint, endpoint, headers)
+        self.record.trace_id = self.span.trace_id
 
     def _request(self, key: ClientKey, body: dict[str, object], headers: dict[str, str],
                  stream_reply: bool) -> Request:
@@ -133,4 +150,17 @@ class Exchange:
                 self.record.got_usage(reply.usage)
         finally:
             self.state.providers.release()
-            self.accounting.finish(self.record)
+            try:
+                self.accounting.finish(self.record)
+            finally:
+                if self.span is not None:
+                    self._end_span(self.span)
+
+    def _end_span(self, span: RequestSpan) -> None:
+        """The server span ends with the request: status, usage, time to first token."""
+        rec = self.record
+        if rec.ttft is not None:
+            span.first_token(rec.ttft, ago=time.monotonic() - rec.started - rec.ttft)
+        if rec.usage is not None:
+            span.result(usage=rec.usage)
+        span.end(rec.status, rec.error)

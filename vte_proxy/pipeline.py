@@ -2,7 +2,9 @@
 the provider (retries, fall-over before the first byte), and hand the answer to shaping.
 
 It knows nothing of transports, metrics or accounting: progress is reported through the
-:class:`Tracker` the exchange passes in, and every failure is raised.
+:class:`Tracker` the exchange passes in, and every failure is raised. When tracing is on the
+tracker carries the request's span: each upstream attempt gets a child span, whose
+``traceparent`` is what that attempt sends upstream.
 """
 
 from __future__ import annotations
@@ -11,21 +13,25 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vte_proxy.auth import ClientKey
 from vte_proxy.errors import GatewayError, UpstreamError
-from vte_proxy.providers.base import Answer, Call
+from vte_proxy.providers.base import Answer, Call, Provider
 from vte_proxy.record import RequestRecord
 from vte_proxy.routing import Entry, Target
 from vte_proxy.shaping import Plan, Reply, shape
 from vte_proxy.state import GatewayState
 
+if TYPE_CHECKING:  # the SDK side of tracing is imported only when tracing is on
+    from vte_proxy.tracing_sdk import AttemptSpan, RequestSpan
+
 log = logging.getLogger("vte_proxy.pipeline")
 
 # Client headers passed to OpenAI-type upstreams; everything else (Authorization, cookies,
-# hop-by-hop, Host) is never forwarded.
-FORWARDED_HEADERS = (b"openai-beta", b"x-request-id")
+# hop-by-hop, Host) is never forwarded. The W3C trace context passes through as is while
+# tracing is off; when it is on, each attempt sends its own span's instead.
+FORWARDED_HEADERS = (b"openai-beta", b"x-request-id", b"traceparent", b"tracestate")
 RETRY_STATUSES = (502, 503, 504)
 
 
@@ -33,6 +39,7 @@ class Tracker(Protocol):
     """What the pipeline tells the exchange as the request goes down."""
 
     record: RequestRecord
+    span: RequestSpan | None  # the request's server span; None when tracing is off
 
     def dispatched(self, provider: str) -> None:
         """The request is being sent to ``provider`` (first try, retry or fall-over)."""
@@ -53,7 +60,12 @@ class Request:
 async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> Reply:
     """Answer one parsed request; raises GatewayError for anything before the first byte."""
     entry = resolve(state, request, tracker.record)
+    span = tracker.span
+    if span is not None:
+        span.model(request.body, entry.name, entry.name if entry.route else None)
     answer, target = await call_targets(state, entry, request, tracker)
+    if span is not None:
+        answer = span.observe(answer)  # the upstream's own model name, id and finish, before shaping
     plan = Plan(request.endpoint, entry.name, target.provider, target.upstream_model, request.client_stream,
                 keep_usage=request.endpoint == "responses" or wants_usage(request.body))
     return await shape(answer, plan)
@@ -101,7 +113,7 @@ async def call_targets(state: GatewayState, entry: Entry, request: Request,
     for target in entry.targets:
         tracker.dispatched(target.provider)
         try:
-            return await _attempts(state, target, request), target
+            return await _attempts(state, target, request, tracker.span), target
         except UpstreamError as exc:
             if not exc.retryable:
                 raise
@@ -110,20 +122,38 @@ async def call_targets(state: GatewayState, entry: Entry, request: Request,
     raise last
 
 
-async def _attempts(state: GatewayState, target: Target, request: Request) -> Answer:
+async def _attempts(state: GatewayState, target: Target, request: Request, span: RequestSpan | None) -> Answer:
     """One target, with its provider's retries (jittered exponential backoff)."""
     provider = state.providers.providers[target.provider]
     call = Call(request.endpoint, request.body, target, upstream_streams(state, request, target), request.headers,
                 request.dialect)
     retries = provider.config.retries
     for attempt in range(retries + 1):
+        traced = None if span is None else _traced(span, provider, call, request)
         try:
-            return await provider.send(call)
+            answer = await provider.send(call)
         except UpstreamError as exc:
-            log.warning("provider %s failed (%s, HTTP %d) for %s", target.provider, exc.reason, exc.status,
-                        target.exposed)
-            again = exc.reason != "status" or exc.status in RETRY_STATUSES
-            if not (exc.retryable and again) or attempt == retries:
+            if traced is not None:
+                traced.failed(exc.status, exc.reason)
+            if not _may_retry(exc, target) or attempt == retries:
                 raise
             await asyncio.sleep(min(0.05 * 2**attempt, 1.0) * (0.5 + random.random()))
+        else:
+            if traced is not None:
+                traced.answered()
+            return answer
     raise AssertionError("unreachable")
+
+
+def _may_retry(exc: UpstreamError, target: Target) -> bool:
+    """Whether the same target may be tried again after ``exc`` (logged here, once per failure)."""
+    log.warning("provider %s failed (%s, HTTP %d) for %s", target.provider, exc.reason, exc.status, target.exposed)
+    return exc.retryable and (exc.reason != "status" or exc.status in RETRY_STATUSES)
+
+
+def _traced(span: RequestSpan, provider: Provider, call: Call, request: Request) -> AttemptSpan:
+    """The span of one attempt; the call carries its trace context upstream."""
+    attempt = span.attempt(provider.name, provider.config.type, call.target.upstream_model,
+                           target=call.target.exposed, stream=call.stream, base_url=provider.config.base_url)
+    call.headers = {**request.headers, **attempt.headers}
+    return attempt

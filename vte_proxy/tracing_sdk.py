@@ -19,11 +19,14 @@ and completions only for keys with ``trace_content: true``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -37,6 +40,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from vte_proxy import __version__, metrics
+from vte_proxy.providers.base import Answer, EventBatches, JsonAnswer
+from vte_proxy.sse import data_of
 from vte_proxy.tracing import TraceSettings
 
 log = logging.getLogger("vte_proxy.tracing")
@@ -154,14 +159,10 @@ class Tracer:
         self.retired = False
         self._stopping: threading.Thread | None = None
 
-    def request(self, method: str, route: str, endpoint: str,
-                headers: Iterable[tuple[bytes, bytes]] = ()) -> RequestSpan:
-        """The server span of one request, continuing the client's ``traceparent``."""
-        carrier = {}
-        for name, value in headers:
-            if name == b"traceparent" or name == b"tracestate":
-                carrier[name.decode()] = value.decode("latin-1")
-        parent = self._propagator.extract(carrier) if carrier else None
+    def request(self, method: str, route: str, endpoint: str, headers: Mapping[str, str]) -> RequestSpan:
+        """The server span of one request, continuing the client's ``traceparent`` (``headers``:
+        the request's headers with lower-case names; only the W3C trace context is read)."""
+        parent = self._propagator.extract(headers) if "traceparent" in headers else None
         operation = OPERATIONS.get(endpoint, endpoint)
         span = self._tracer.start_span(f"{method} {route}", parent, SpanKind.SERVER, {
             "http.request.method": method, "http.route": route, "url.path": route,
@@ -202,6 +203,13 @@ class Tracer:
     async def aclose(self, grace: float) -> None:
         """Stop exporting, waiting at most ``grace`` seconds for the queue to be sent."""
         await asyncio.to_thread(self._stop_soon().join, grace)
+
+
+@functools.lru_cache(maxsize=256)
+def server_of(base_url: str) -> tuple[str, int]:
+    """server.address and server.port of an upstream's base URL (never its path or credentials)."""
+    parts = urlsplit(base_url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _number(value: Any) -> int | float | None:
@@ -248,8 +256,8 @@ def finish_reasons(body: dict[str, Any]) -> list[str]:
 class RequestSpan:
     """The server span of one request; ended exactly once by :meth:`end`."""
 
-    __slots__ = ("_answering", "_attempts", "_ended", "_output", "_tracer", "capture", "operation", "span",
-                 "trace_id")
+    __slots__ = ("_answering", "_attempts", "_ended", "_last", "_output", "_tracer", "capture", "operation",
+                 "span", "trace_id")
 
     def __init__(self, tracer: Tracer, span: Span, operation: str) -> None:
         self._tracer = tracer
@@ -259,6 +267,7 @@ class RequestSpan:
         self.capture = False  # the key opted in to content capture (and the span records)
         self._attempts = 0
         self._answering: AttemptSpan | None = None
+        self._last: AttemptSpan | None = None
         self._output: StreamContent | None = None
         self._ended = False
 
@@ -293,7 +302,7 @@ class RequestSpan:
             self.span.set_attribute("gen_ai.input.messages", orjson.dumps(messages).decode())
 
     def attempt(self, provider: str, provider_type: str, upstream_model: str, *, target: str = "",
-                stream: bool = False, server: tuple[str, int] | None = None,
+                stream: bool = False, base_url: str | None = None,
                 upstream_key: str | None = None) -> AttemptSpan:
         """A client span for one try at one upstream (retries and fall-overs each get one)."""
         self._attempts += 1
@@ -304,12 +313,13 @@ class RequestSpan:
             "vte.attempt": self._attempts}
         if target:
             attributes["vte.target"] = target
-        if server is not None:
-            attributes["server.address"], attributes["server.port"] = server
+        if base_url:
+            attributes["server.address"], attributes["server.port"] = server_of(base_url)
         if upstream_key:
             attributes["vte.upstream_key"] = upstream_key
         span, headers = self._tracer.child(self.span, f"{self.operation} {upstream_model}", attributes)
-        return AttemptSpan(self, span, headers, provider, provider_type)
+        self._last = AttemptSpan(self, span, headers, provider, provider_type)
+        return self._last
 
     def answered_by(self, attempt: AttemptSpan) -> None:
         self._answering = attempt
@@ -317,10 +327,11 @@ class RequestSpan:
                                                                            attempt.provider_type))
         self.span.set_attribute("vte.provider", attempt.provider)
 
-    def first_token(self, seconds: float) -> None:
-        """Time from the request to the first content chunk (streams)."""
+    def first_token(self, seconds: float, ago: float = 0.0) -> None:
+        """Time from the request to the first bytes of the answer; the ``first_token`` event is
+        placed when they left (``ago`` seconds before now)."""
         self.span.set_attribute("vte.time_to_first_token", seconds)
-        self.span.add_event("first_token")
+        self.span.add_event("first_token", timestamp=time.time_ns() - int(ago * 1e9))
 
     def response(self, body: dict[str, Any]) -> None:
         """An upstream answer as JSON (before the gateway renamed its model): the response
@@ -360,6 +371,30 @@ class RequestSpan:
             if self._answering is not None:
                 self._answering.span.set_attributes(attributes)
 
+    def observe(self, answer: Answer) -> Answer:
+        """The upstream's answer, watched for the response facts before shaping renames its
+        model: read now from a JSON answer, event by event from a stream (only the events that
+        carry them are decoded, every event only when content is captured)."""
+        if not self.span.is_recording():
+            return answer
+        if isinstance(answer, JsonAnswer):
+            self.response(answer.body)
+            return answer
+        return replace(answer, events=self._watch(answer.events))
+
+    async def _watch(self, events: EventBatches) -> EventBatches:
+        facts = StreamFacts(self.stream_content())
+        try:
+            async for batch in events:
+                for ev in batch:
+                    facts.see(ev)
+                if facts.changed:  # set as they come: a consumer may stop reading at [DONE]
+                    facts.changed = False
+                    self.result(model=facts.model, response_id=facts.response_id, reasons=facts.reasons)
+                yield batch
+        finally:
+            await events.aclose()
+
     def stream_content(self) -> StreamContent | None:
         """A collector of streamed output for content capture; None when not capturing."""
         if self.capture and self._output is None:
@@ -382,15 +417,14 @@ class RequestSpan:
             out = self._output.messages()
             if out:
                 span.set_attribute("gen_ai.output.messages", orjson.dumps(out).decode())
-            if self._output.reasons:
-                self.result(reasons=self._output.reasons)
         span.set_attribute("http.response.status_code", status)
         if status >= 400 or error:
             span.set_attribute("error.type", error or str(status))
         if status >= 500:  # server spans: only 5xx is the server's error (HTTP conventions)
             span.set_status(Status(StatusCode.ERROR, error or str(status)))
-        if self._answering is not None:
-            self._answering.end(status, error if status >= 400 else None)
+        if self._last is not None:  # the attempt that answered, or one cut short (cancelled, refused)
+            answered = self._last is self._answering
+            self._last.end(status, (error or str(status)) if status >= 400 or not answered else None)
         span.end()
 
 
@@ -528,6 +562,62 @@ def output_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"role": "assistant", "parts": _text_parts(body.get("content")),
                     "finish_reason": body.get("stop_reason")})
     return out[-MAX_MESSAGES:]
+
+
+# Events worth decoding for their facts once the model is known: those with a finish.
+_FINISH = (b'"finish_reason":"', b'"finish_reason": "', b'"stop_reason":"', b'"stop_reason": "',
+           b'"response.completed"', b'"response.incomplete"')
+
+
+class StreamFacts:
+    """The response model, id and finish reasons of a stream (OpenAI chat or completions
+    chunks, Responses API events, Anthropic Messages events), read from the few events that
+    carry them; with a :class:`StreamContent`, every event feeds it."""
+
+    __slots__ = ("changed", "content", "model", "reasons", "response_id")
+
+    def __init__(self, content: StreamContent | None) -> None:
+        self.content = content
+        self.changed = False  # a model, id or finish reason was learned since the last look
+        self.model: str | None = None
+        self.response_id: str | None = None
+        self.reasons: list[str] = []
+
+    def see(self, ev: bytes) -> None:
+        if self.content is None and self.model is not None and not any(m in ev for m in _FINISH):
+            return
+        payload = data_of(ev)
+        if payload is None or payload == b"[DONE]":
+            return
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(obj, dict):
+            self._read(obj)
+
+    def _read(self, obj: dict[str, Any]) -> None:
+        inner = obj.get("response") or obj.get("message")
+        head = inner if isinstance(inner, dict) else obj
+        if self.model is None and isinstance(head.get("model"), str):
+            self.model = head["model"]
+            self.response_id = head["id"] if isinstance(head.get("id"), str) else None
+            self.changed = True
+        known = len(self.reasons)
+        self._reasons(obj, head)
+        self.changed = self.changed or len(self.reasons) > known
+        if self.content is not None:
+            self.content.add(obj)
+
+    def _reasons(self, obj: dict[str, Any], head: dict[str, Any]) -> None:
+        self.reasons += finish_reasons(obj)
+        delta = obj.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):  # Anthropic message_delta
+            self.reasons.append(delta["stop_reason"])
+        if head.get("status") == "incomplete" and isinstance(head.get("incomplete_details"), dict):
+            reason = head["incomplete_details"].get("reason")  # Responses API
+            if isinstance(reason, str):
+                self.reasons.append(reason)
 
 
 class StreamContent:

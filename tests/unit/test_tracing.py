@@ -5,21 +5,25 @@ forwarding, sampling, drop counting, reloads, content capture, and nothing at al
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr, ValidationError
 
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
-from tests.support import ROOT, completion, free_port
+from tests.support import ROOT, chunk, completion, free_port
 from vte_proxy.config import TelemetryConfig
+from vte_proxy.providers.base import EventBatches, StreamAnswer
 from vte_proxy.tracing import Tracing, resolve, traces_url
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -119,33 +123,46 @@ def test_sample_ratio_is_a_share() -> None:
 
 
 # ---------------------------------------------------------------- off
-def test_off_imports_no_opentelemetry_and_builds_nothing() -> None:
-    code = textwrap.dedent("""
+def test_off_imports_no_opentelemetry_and_builds_nothing(tmp_path: Path) -> None:
+    """A whole gateway answering requests with tracing off never loads the SDK."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(textwrap.dedent("""\
+        version: 1
+        keys: [{name: team, key: sk-test-key-0000}]
+        providers: [{name: demo, type: echo, prefix: demo, models: [echo]}]
+        telemetry: {service_name: only-a-name}
+        """))
+    code = textwrap.dedent(f"""\
         import sys
-        import vte_proxy.app, vte_proxy.tracing
-        from vte_proxy.config import TelemetryConfig
-        t = vte_proxy.tracing.Tracing({})
-        t.configure(TelemetryConfig())
-        t.configure(TelemetryConfig(service_name="x"))
-        assert t.current is None
+        from starlette.testclient import TestClient
+        from vte_proxy.app import create_app
+        with TestClient(create_app({str(config)!r})) as client:
+            for stream in (False, True):
+                r = client.post("/v1/chat/completions", headers={{"authorization": "Bearer sk-test-key-0000",
+                                "traceparent": "00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}},
+                                json={{"model": "demo/echo", "stream": stream,
+                                      "messages": [{{"role": "user", "content": "hi"}}]}})
+                assert r.status_code == 200, r.text
         loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry") or m == "vte_proxy.tracing_sdk")
         assert not loaded, loaded
     """)
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 0, run.stderr
 
 
 # ---------------------------------------------------------------- spans
-def chat_request(tracing: Tracing, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[str, dict[str, str]]:
+def chat_request(tracing: Tracing, headers: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """One request with a failed attempt and an answering one; its trace id and the headers
     the answering attempt would send upstream."""
     tracer = tracing.current
     assert tracer is not None
-    rs = tracer.request("POST", "/v1/chat/completions", "chat/completions", headers or [])
+    rs = tracer.request("POST", "/v1/chat/completions", "chat/completions", headers or {})
     rs.key("team")
     rs.model({"model": "smart", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50,
               "temperature": 0.2, "stream": True}, "smart", route="smart")
-    first = rs.attempt("up", "openai", "gpt-4o", target="up/gpt-4o", stream=True, server=("127.0.0.1", 8000))
+    first = rs.attempt("up", "openai", "gpt-4o", target="up/gpt-4o", stream=True,
+                       base_url="http://127.0.0.1:8000/v1")
     first.failed(503, "status")
     second = rs.attempt("gem", "vertex-express", "gemini-2.5-flash", target="gem/flash", stream=True,
                         upstream_key="main")
@@ -192,7 +209,7 @@ def test_one_server_span_and_an_attempt_span_per_try(receiver: tuple[OtlpReceive
 def test_a_client_traceparent_is_continued_and_the_attempt_is_forwarded(receiver: tuple[OtlpReceiver, str]) -> None:
     rx, url = receiver
     tracing = tracing_to(url)
-    headers = [(b"traceparent", f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01".encode()), (b"tracestate", b"vendor=abc")]
+    headers = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01", "tracestate": "vendor=abc"}
     trace_id, forwarded = chat_request(tracing, headers)
     assert trace_id == CLIENT_TRACE
     spans = rx.wait_for(lambda s: len(s) >= 3)
@@ -204,7 +221,7 @@ def test_a_client_traceparent_is_continued_and_the_attempt_is_forwarded(receiver
 
 def test_an_invalid_traceparent_starts_a_new_trace(receiver: tuple[OtlpReceiver, str]) -> None:
     rx, url = receiver
-    trace_id, forwarded = chat_request(tracing_to(url), [(b"traceparent", b"00-garbage-01")])
+    trace_id, forwarded = chat_request(tracing_to(url), {"traceparent": "00-garbage-01"})
     assert trace_id != CLIENT_TRACE and len(trace_id) == 32
     assert forwarded["traceparent"].startswith(f"00-{trace_id}-")
     assert rx.wait_for(lambda s: len(s) >= 3)[0].trace_id == trace_id
@@ -215,7 +232,7 @@ def test_sampling_follows_the_ratio_and_the_clients_flag(receiver: tuple[OtlpRec
     tracing = tracing_to(url, sample_ratio=0.0)
     unsampled_id, forwarded = chat_request(tracing)
     assert int(forwarded["traceparent"][-2:], 16) & 1 == 0  # the upstream learns it is not sampled
-    sampled = [(b"traceparent", f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01".encode())]
+    sampled = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}
     chat_request(tracing, sampled)
     spans = rx.wait_for(lambda s: len(s) >= 3)
     assert tracing.current is not None and tracing.current.force_flush()
@@ -227,7 +244,7 @@ def test_export_headers_reach_the_collector_and_no_secret_reaches_a_span(receive
     rx, url = receiver
     tracing = tracing_to(url, env={"OTEL_EXPORTER_OTLP_HEADERS": "x-env=from-env"},
                          headers={"Authorization": SecretStr("Bearer collector-token-123")})
-    chat_request(tracing, [(b"authorization", b"Bearer sk-client-SECRET"), (b"x-api-key", b"sk-other-SECRET")])
+    chat_request(tracing, {"authorization": "Bearer sk-client-SECRET", "x-api-key": "sk-other-SECRET"})
     spans = rx.wait_for(lambda s: len(s) >= 3)
     assert rx.headers[0]["authorization"] == "Bearer collector-token-123"
     assert rx.headers[0]["x-env"] == "from-env"
@@ -239,9 +256,9 @@ def test_errors_mark_the_spans(receiver: tuple[OtlpReceiver, str]) -> None:
     rx, url = receiver
     tracer = tracing_to(url).current
     assert tracer is not None
-    refused = tracer.request("POST", "/v1/chat/completions", "chat/completions")
+    refused = tracer.request("POST", "/v1/chat/completions", "chat/completions", {})
     refused.end(403, "model_not_allowed")
-    cut = tracer.request("POST", "/v1/chat/completions", "chat/completions")
+    cut = tracer.request("POST", "/v1/chat/completions", "chat/completions", {})
     attempt = cut.attempt("up", "openai", "gpt-4o")
     attempt.answered(200)
     cut.end(502, "truncated")
@@ -258,7 +275,7 @@ def test_a_request_span_ends_once(receiver: tuple[OtlpReceiver, str]) -> None:
     rx, url = receiver
     tracer = tracing_to(url).current
     assert tracer is not None
-    rs = tracer.request("POST", "/v1/embeddings", "embeddings")
+    rs = tracer.request("POST", "/v1/embeddings", "embeddings", {})
     rs.end(200)
     rs.end(500, "internal_error")
     spans = rx.wait_for(lambda s: len(s) >= 1)
@@ -301,13 +318,13 @@ def test_a_full_queue_drops_new_spans_and_counts_them(receiver: tuple[OtlpReceiv
     assert tracer is not None
     before = counter("vte_trace_spans_dropped_total", reason="queue_full")
     exported = counter("vte_trace_spans_exported_total")
-    tracer.request("POST", "/v1/chat/completions", "chat/completions").end(200)
+    tracer.request("POST", "/v1/chat/completions", "chat/completions", {}).end(200)
     deadline = time.monotonic() + 10
     while tracer.processor.exporter.taken < 1:  # the export thread holds span 1 (blocked in the collector)
         assert time.monotonic() < deadline
         time.sleep(0.01)
     for _ in range(3):  # span 2 waits in the queue; 3 and 4 find it full
-        tracer.request("POST", "/v1/chat/completions", "chat/completions").end(200)
+        tracer.request("POST", "/v1/chat/completions", "chat/completions", {}).end(200)
     assert counter("vte_trace_spans_dropped_total", reason="queue_full") == before + 2
     rx.gate.set()
     rx.wait_for(lambda s: len(s) == 2)
@@ -326,12 +343,12 @@ async def test_a_changed_config_rebuilds_and_the_old_tracer_stops_after_its_last
     assert old is not None
     tracing.configure(TelemetryConfig(otlp_endpoint=url, service_name="first"))
     assert tracing.current is old  # the same settings: nothing rebuilt
-    in_flight = old.request("POST", "/v1/chat/completions", "chat/completions")
+    in_flight = old.request("POST", "/v1/chat/completions", "chat/completions", {})
     tracing.configure(TelemetryConfig(otlp_endpoint=url, service_name="second"))
     new = tracing.current
     assert new is not None and new is not old and old.retired
     assert old._stopping is None  # a request still runs on it
-    new.request("POST", "/v1/completions", "completions").end(200)
+    new.request("POST", "/v1/completions", "completions", {}).end(200)
     in_flight.end(200)
     assert old._stopping is not None
     old._stopping.join(10)
@@ -347,7 +364,7 @@ async def test_aclose_sends_what_is_queued(receiver: tuple[OtlpReceiver, str]) -
     rx, url = receiver
     tracing = tracing_to(url, env={"OTEL_BSP_SCHEDULE_DELAY": "60000"})
     assert tracing.current is not None
-    tracing.current.request("POST", "/v1/chat/completions", "chat/completions").end(200)
+    tracing.current.request("POST", "/v1/chat/completions", "chat/completions", {}).end(200)
     assert not rx.spans
     await tracing.aclose()
     assert len(rx.spans) == 1 and tracing.current is None
@@ -362,7 +379,7 @@ def test_content_only_for_keys_that_opted_in(receiver: tuple[OtlpReceiver, str])
     body = {"model": "up/gpt-4o", "messages": [{"role": "system", "content": "be brief"},
                                                {"role": "user", "content": [{"type": "text", "text": "hello"}, image]}]}
     for name, opted in (("quiet", False), ("loud", True)):
-        rs = tracer.request("POST", "/v1/chat/completions", "chat/completions")
+        rs = tracer.request("POST", "/v1/chat/completions", "chat/completions", {})
         rs.key(name, trace_content=opted)
         rs.model(body, "up/gpt-4o")
         attempt = rs.attempt("up", "openai", "gpt-4o")
@@ -383,26 +400,43 @@ def test_content_only_for_keys_that_opted_in(receiver: tuple[OtlpReceiver, str])
     assert loud["gen_ai.response.model"] == "gpt-4o-2024"
 
 
-def test_streamed_content_is_assembled(receiver: tuple[OtlpReceiver, str]) -> None:
+async def test_a_streamed_answer_is_watched_for_its_facts_and_content(receiver: tuple[OtlpReceiver, str]) -> None:
     rx, url = receiver
     tracer = tracing_to(url).current
     assert tracer is not None
-    rs = tracer.request("POST", "/v1/chat/completions", "chat/completions")
-    rs.key("loud", trace_content=True)
-    collector = rs.stream_content()
-    assert collector is not None
-    for piece in ({"content": "Hel"}, {"content": "lo"},
-                  {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{\"a\""}}]},
-                  {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}):
-        collector.add({"choices": [{"index": 0, "delta": piece, "finish_reason": None}]})
-    collector.add({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
-    rs.end(200)
-    server = rx.wait_for(lambda s: len(s) >= 1)[0]
-    assert json.loads(server.attributes["gen_ai.output.messages"]) == [
+    pieces = ({"role": "assistant", "content": "Hel"}, {"content": "lo"},
+              {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{\"a\""}}]},
+              {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]})
+    events = [b"data: " + orjson.dumps(chunk("gpt-4o-2024", piece, rid="chatcmpl-9")) for piece in pieces]
+    events += [b"data: " + orjson.dumps(chunk("gpt-4o-2024", {}, "tool_calls", rid="chatcmpl-9")), b"data: [DONE]"]
+
+    async def upstream() -> EventBatches:
+        yield events[:2]
+        yield events[2:]
+
+    for name, opted in (("quiet", False), ("loud", True)):
+        rs = tracer.request("POST", "/v1/chat/completions", "chat/completions", {})
+        rs.key(name, trace_content=opted)
+        rs.attempt("up", "openai", "gpt-4o").answered()
+        answer = rs.observe(StreamAnswer(upstream()))
+        assert isinstance(answer, StreamAnswer)
+        async for batch in answer.events:  # the consumer stops at [DONE]: facts are set as they come
+            if b"data: [DONE]" in batch:
+                break
+        rs.end(200)
+    spans = rx.wait_for(lambda s: len(s) >= 4)
+    servers = {s.attributes["vte.key"]: s.attributes for s in spans if s.kind == "server"}
+    for attributes in servers.values():
+        assert attributes["gen_ai.response.model"] == "gpt-4o-2024"
+        assert attributes["gen_ai.response.id"] == "chatcmpl-9"
+        assert attributes["gen_ai.response.finish_reasons"] == ["tool_calls"]
+    assert "gen_ai.output.messages" not in servers["quiet"]
+    assert json.loads(servers["loud"]["gen_ai.output.messages"]) == [
         {"role": "assistant", "finish_reason": "tool_calls",
          "parts": [{"type": "text", "content": "Hello"},
                    {"type": "tool_call", "id": "call_1", "name": "f", "arguments": "{\"a\": 1}"}]}]
-    assert server.attributes["gen_ai.response.finish_reasons"] == ["tool_calls"]
+    client = next(s for s in spans if s.kind == "client")
+    assert client.attributes["gen_ai.response.model"] == "gpt-4o-2024"
 
 
 def test_message_shapes() -> None:
