@@ -162,5 +162,5 @@ class Exchange:
         if rec.ttft is not None:
             span.first_token(rec.ttft, ago=time.monotonic() - rec.started - rec.ttft)
         if rec.usage is not None:
-            span.result(usage=rec.usage)
+            span.usage(rec.usage)
         span.end(rec.status, rec.error)

@@ -31,7 +31,8 @@ log = logging.getLogger("vte_proxy.pipeline")
 # Client headers passed to OpenAI-type upstreams; everything else (Authorization, cookies,
 # hop-by-hop, Host) is never forwarded. The W3C trace context passes through as is while
 # tracing is off; when it is on, each attempt sends its own span's instead.
-FORWARDED_HEADERS = (b"openai-beta", b"x-request-id", b"traceparent", b"tracestate")
+# A frozenset: the transport tests every client header against it (cheaper than a 4-tuple).
+FORWARDED_HEADERS = frozenset((b"openai-beta", b"x-request-id", b"traceparent", b"tracestate"))
 RETRY_STATUSES = (502, 503, 504)
 
 

@@ -256,8 +256,8 @@ def finish_reasons(body: dict[str, Any]) -> list[str]:
 class RequestSpan:
     """The server span of one request; ended exactly once by :meth:`end`."""
 
-    __slots__ = ("_answering", "_attempts", "_ended", "_last", "_output", "_tracer", "capture", "operation",
-                 "span", "trace_id")
+    __slots__ = ("_answering", "_attempts", "_ended", "_has_usage", "_last", "_output", "_tracer", "capture",
+                 "operation", "span", "trace_id")
 
     def __init__(self, tracer: Tracer, span: Span, operation: str) -> None:
         self._tracer = tracer
@@ -268,6 +268,7 @@ class RequestSpan:
         self._attempts = 0
         self._answering: AttemptSpan | None = None
         self._last: AttemptSpan | None = None
+        self._has_usage = False
         self._output: StreamContent | None = None
         self._ended = False
 
@@ -366,10 +367,16 @@ class RequestSpan:
             attributes["gen_ai.usage.input_tokens"] = prompt
         if completion is not None:
             attributes["gen_ai.usage.output_tokens"] = completion
+        self._has_usage = self._has_usage or prompt is not None or completion is not None
         if attributes:
             self.span.set_attributes(attributes)
             if self._answering is not None:
                 self._answering.span.set_attributes(attributes)
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        """The usage accounting got at the end (streams); a JSON answer already brought its own."""
+        if not self._has_usage:
+            self.result(usage=usage)
 
     def observe(self, answer: Answer) -> Answer:
         """The upstream's answer, watched for the response facts before shaping renames its
