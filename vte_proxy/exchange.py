@@ -96,7 +96,7 @@ class Exchange:
         reply: Reply | None = None
         self.state.providers.acquire()
         tracer = self.accounting.tracing.current
-        if tracer is not None:
+        if tracer is not None and tracer.accepting():
             self._trace(tracer, headers)
         try:
             key = self.authenticate(presented)

@@ -58,15 +58,22 @@ MAX_PART_CHARS = 4096
 MAX_MESSAGES = 32
 # A warning about failing exports at most this often (the counter has every drop).
 WARN_EVERY = 60.0
+# While the collector fails, one request in this many seconds is traced (a probe whose export
+# tells when the collector is back); the others are not traced at all.
+PROBE_EVERY = 5.0
 
 
 class CountingExporter(SpanExporter):
-    """The OTLP exporter, counting what it exported and what it had to drop."""
+    """The OTLP exporter, counting what it exported and what it had to drop. ``down`` tells
+    whether the last export failed (written by the export thread, read by the event loop)."""
 
     def __init__(self, inner: SpanExporter, endpoint: str) -> None:
         self.inner = inner
         self.endpoint = endpoint
         self.taken = 0  # spans handed to export (written by the export thread only)
+        self.down = False
+        self.failed_at = 0.0  # monotonic time of the last failed export
+        self.closed = False
         self._warned = 0.0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -78,20 +85,28 @@ class CountingExporter(SpanExporter):
             result = SpanExportResult.FAILURE
         if result is SpanExportResult.SUCCESS:
             metrics.TRACE_SPANS_EXPORTED.inc(n)
+            if self.down:
+                log.warning("tracing: the collector at %s accepts spans again", self.endpoint)
         else:
             metrics.child(metrics.TRACE_SPANS_DROPPED, "export_failed").inc(n)
             self._warn(n)
+        if result is not SpanExportResult.SUCCESS:
+            self.failed_at = time.monotonic()
+        self.down = result is not SpanExportResult.SUCCESS
         return result
 
     def _warn(self, n: int) -> None:
         now = time.monotonic()
         if now - self._warned >= WARN_EVERY:
             self._warned = now
-            log.warning("tracing: exporting %d spans to %s failed; they are dropped (counted in "
-                        "vte_trace_spans_dropped_total)", n, self.endpoint)
+            log.warning("tracing: exporting %d spans to %s failed; they are dropped, and until the collector "
+                        "answers again only one request in %gs is traced (counted in "
+                        "vte_trace_spans_dropped_total)", n, self.endpoint, PROBE_EVERY)
 
     def shutdown(self) -> None:
-        self.inner.shutdown()
+        if not self.closed:
+            self.closed = True
+            self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)
@@ -158,6 +173,22 @@ class Tracer:
         self.active = 0  # server spans not ended yet
         self.retired = False
         self._stopping: threading.Thread | None = None
+        self._next_probe = 0.0
+
+    def accepting(self) -> bool:
+        """Whether to trace the next request. While the collector fails, spans would only be
+        made to be dropped: a request is then not traced at all (counted as one dropped span,
+        reason ``collector_down``), so a dead collector costs the requests nothing, except one
+        probe request every PROBE_EVERY seconds whose export tells when it is back."""
+        exporter = self.processor.exporter
+        if not exporter.down:
+            return True
+        now = time.monotonic()
+        if now >= self._next_probe and now >= exporter.failed_at + PROBE_EVERY:
+            self._next_probe = now + PROBE_EVERY
+            return True
+        metrics.child(metrics.TRACE_SPANS_DROPPED, "collector_down").inc()
+        return False
 
     def request(self, method: str, route: str, endpoint: str, headers: Mapping[str, str]) -> RequestSpan:
         """The server span of one request, continuing the client's ``traceparent`` (``headers``:
@@ -191,10 +222,14 @@ class Tracer:
     def _stop_soon(self) -> threading.Thread:
         # shutdown() joins the export thread and may wait for a slow collector: never on the loop.
         if self._stopping is None:
-            self._stopping = threading.Thread(target=self.provider.shutdown, name="vte-trace-shutdown",
-                                              daemon=True)
+            self._stopping = threading.Thread(target=self._shutdown, name="vte-trace-shutdown", daemon=True)
             self._stopping.start()
         return self._stopping
+
+    def _shutdown(self) -> None:
+        if self.processor.exporter.down:  # a failing collector: drop the queue now instead of retrying it
+            self.processor.exporter.shutdown()
+        self.provider.shutdown()
 
     def force_flush(self) -> bool:
         """Export what is queued now (blocking: tests and shutdown only)."""

@@ -238,18 +238,26 @@ def test_an_unreachable_collector_changes_no_answer(up: ScriptedUpstream, tmp_pa
     dead = f"http://127.0.0.1:{free_port()}"
     env = {**FAST, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
     with running_gateway(tmp_path, config(up.url, f"{{otlp_endpoint: '{dead}'}}"), env=env) as gw:
-        up.push(Reply({"error": {"message": "busy"}}, 503))
-        answer = chat(gw)
-        assert answer.choices[0].message.content == "Hello world" and answer.model == "smart"
-        text = "".join(c.choices[0].delta.content or "" for c in chat(gw, model="up/gpt-4o", stream=True)
-                       if c.choices)
-        assert text == "Hello world"
-        with pytest.raises(openai.NotFoundError):
-            chat(gw, model="nope")
 
-        def dropped() -> float:
-            m = re.search(r'^vte_trace_spans_dropped_total\{reason="export_failed"\} (\S+)$',
+        def dropped(reason: str) -> float:
+            m = re.search(rf'^vte_trace_spans_dropped_total\{{reason="{reason}"\}} (\S+)$',
                           httpx.get(gw.url + "/metrics").text, re.M)
             return float(m.group(1)) if m else 0.0
 
-        assert eventually(lambda: dropped() >= 6, "the dropped spans counted", timeout=20)
+        def answers() -> None:
+            up.push(Reply({"error": {"message": "busy"}}, 503))
+            answer = chat(gw)
+            assert answer.choices[0].message.content == "Hello world" and answer.model == "smart"
+            stream = chat(gw, model="up/gpt-4o", stream=True, extra_headers={"traceparent": TRACEPARENT})
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello world"
+            with pytest.raises(openai.NotFoundError):
+                chat(gw, model="nope")
+
+        answers()  # traced: their spans fail to export (or, once the first export failed, are not made)
+        assert eventually(lambda: dropped("export_failed") >= 1, "the failed export counted", timeout=20)
+        before = dropped("collector_down")
+        answers()  # the collector is known to be down: not traced, counted, answered the same
+        assert dropped("collector_down") == before + 3
+        assert up.last().headers["traceparent"] == TRACEPARENT  # untraced: the client's context passes
+
+

@@ -311,6 +311,37 @@ def test_a_collector_answering_errors_drops_and_counts_spans(receiver: tuple[Otl
     assert rx.exports >= 1 and not rx.spans
 
 
+def test_a_failing_collector_stops_tracing_but_for_probes_until_it_is_back(
+        receiver: tuple[OtlpReceiver, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from vte_proxy import tracing_sdk
+
+    monkeypatch.setattr(tracing_sdk, "PROBE_EVERY", 0.3)
+    rx, url = receiver
+    rx.status = 400
+    tracer = tracing_to(url).current
+    assert tracer is not None and tracer.accepting()
+    tracer.request("POST", "/v1/chat/completions", "chat/completions", {}).end(200)
+    deadline = time.monotonic() + 10
+    while not tracer.processor.exporter.down:
+        assert time.monotonic() < deadline, "the failed export did not mark the collector down"
+        time.sleep(0.01)
+    before = counter("vte_trace_spans_dropped_total", reason="collector_down")
+    assert not any(tracer.accepting() for _ in range(4))  # not traced, counted
+    assert counter("vte_trace_spans_dropped_total", reason="collector_down") == before + 4
+    time.sleep(0.35)
+    assert [tracer.accepting() for _ in range(3)] == [True, False, False]  # one probe per period
+    rx.status = 200  # the collector is back: the next probe's export says so
+    time.sleep(0.35)
+    assert tracer.accepting()
+    tracer.request("POST", "/v1/chat/completions", "chat/completions", {}).end(200)
+    rx.wait_for(lambda s: len(s) == 1)
+    deadline = time.monotonic() + 10
+    while tracer.processor.exporter.down:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert all(tracer.accepting() for _ in range(5))
+
+
 def test_a_full_queue_drops_new_spans_and_counts_them(receiver: tuple[OtlpReceiver, str]) -> None:
     rx, url = receiver
     rx.gate = threading.Event()  # the collector holds the first export
