@@ -8,8 +8,10 @@ export thread included), so a busy machine disturbs it less than wall-clock time
 
   off      no telemetry block, no OTEL_* variables (the default)
   ratio0   tracing on, sample_ratio 0 (spans are created but not recorded)
-  on       tracing on, every span recorded and queued for a collector that is not there
-           (export fails in the background thread; spans are dropped and counted)
+  on       tracing on, every span recorded and queued (the export is held back until the end,
+           so this is the cost on the request path, without the export thread's work)
+  down     tracing on, the collector unreachable and known to be (measured once the first
+           export has failed: requests are then not traced, but one probe every 5 s)
 
 Compare ``off`` with the same script run against another checkout (``PYTHONPATH=/path/to/it``)
 to see what the tracing hooks cost when tracing is off:
@@ -28,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -101,19 +104,35 @@ class Driver:
         return status
 
 
+ENV = {"on": {"OTEL_BSP_SCHEDULE_DELAY": "3600000", "OTEL_BSP_MAX_QUEUE_SIZE": "100000000",
+              "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "100000000"},
+       "down": {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_EXPORTER_OTLP_TIMEOUT": "0.5"}}
+
+
+async def wait_until_down(driver: Driver) -> None:
+    tracer = driver.app.accounting.tracing.current
+    deadline = time.monotonic() + 30
+    while not tracer.processor.exporter.down:
+        assert time.monotonic() < deadline, "the dead collector was not noticed"
+        await asyncio.sleep(0.05)
+
+
 async def measure(mode: str, requests: int, rounds: int) -> dict[str, float]:
     from vte_proxy.app import create_app
 
+    os.environ.update(ENV.get(mode, {}))
+
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "gateway.yaml")
-        with open(path, "w") as f:
-            f.write(config(mode))
+        Path(path).write_text(config(mode))  # before the gateway starts
         driver = Driver(create_app(path))
         await driver.start()
         out = {}
         for name, body in (("json", BODY), ("stream", STREAM_BODY)):
             for _ in range(200):  # warm up
                 assert await driver.request(body) == 200
+            if mode == "down":
+                await wait_until_down(driver)
             times = []
             for _ in range(rounds):
                 started = time.process_time()  # CPU time: what other processes on the machine do not add
@@ -130,7 +149,7 @@ async def measure(mode: str, requests: int, rounds: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["off", "ratio0", "on"])
+    parser.add_argument("mode", choices=["off", "ratio0", "on", "down"])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
