@@ -124,7 +124,7 @@ async def measure(mode: str, requests: int, rounds: int) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "gateway.yaml")
-        Path(path).write_text(config(mode))  # before the gateway starts
+        Path(path).write_text(config(mode))  # noqa: ASYNC240 - before the gateway starts
         driver = Driver(create_app(path))
         await driver.start()
         out = {}
