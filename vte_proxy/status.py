@@ -29,6 +29,7 @@ from vte_proxy import __version__, metrics
 from vte_proxy.accounting import Accounting
 from vte_proxy.http import authenticate_status
 from vte_proxy.state import Gateway
+from vte_proxy.tracing import describe
 
 if TYPE_CHECKING:
     from vte_proxy.discovery import Discovery
@@ -117,6 +118,7 @@ class StatusPage:
             "models": models,
             "unknown_model_requests": unknown["requests"] if unknown else 0,
             "keys": [{"name": k.name, "status": k.status, "models": list(k.models)} for k in config.keys],
+            "tracing": describe(self.accounting.tracing.settings),
             "totals": totals,
             "log": list(reversed(self.accounting.recent)),
         }

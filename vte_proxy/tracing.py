@@ -158,10 +158,6 @@ def resolve(config: TelemetryConfig, env: Mapping[str, str]) -> TraceSettings | 
     """The settings of the tracer for ``config`` and ``env``; None when tracing is off."""
     if not is_enabled(config, env):
         return None
-    protocol = _env(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or _env(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
-    if protocol and protocol != "http/protobuf":
-        log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported: traces are sent as http/protobuf",
-                    protocol[:20])
     return TraceSettings(
         endpoint=resolve_endpoint(config, env),
         headers=resolve_headers(config, env),
@@ -175,11 +171,13 @@ def resolve(config: TelemetryConfig, env: Mapping[str, str]) -> TraceSettings | 
 
 
 def describe(settings: TraceSettings | None) -> str:
-    """For the log: where spans go, never a header value or URL credentials."""
+    """For the log and the status page: where spans go (scheme, host and port only: never a
+    header, URL credentials or a path that might hold a token)."""
     if settings is None:
         return "off"
     parts = urlsplit(settings.endpoint)
-    return f"OTLP/HTTP to {parts.scheme}://{parts.hostname}:{parts.port or ''}{parts.path}, " \
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"OTLP/HTTP to {parts.scheme}://{parts.hostname}:{port}, " \
            f"sample ratio {settings.sample_ratio:g}, service.name {settings.service_name}"
 
 
@@ -196,7 +194,9 @@ class Tracing:
         self.current: Tracer | None = None
 
     def configure(self, config: TelemetryConfig) -> None:
-        """Apply the ``telemetry`` block of a config that took effect."""
+        """Apply the ``telemetry`` block of a config that took effect (at start, on every reload
+        and discovery swap; cheap when nothing changed). The first tracer imports the SDK
+        (about 0.1 s, once per process)."""
         settings = resolve(config, self._env)
         if settings == self.settings:
             return
@@ -206,6 +206,11 @@ class Tracing:
             old.retire()
         log.warning("tracing: %s", describe(settings) if self.current is not None or settings is None
                     else "off (the tracer could not be built; see above)")
+        protocol = _env(self._env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or _env(self._env,
+                                                                                 "OTEL_EXPORTER_OTLP_PROTOCOL")
+        if settings is not None and protocol and protocol != "http/protobuf":
+            log.warning("tracing: OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; spans are sent as "
+                        "http/protobuf", protocol[:20])
 
     @staticmethod
     def _build(settings: TraceSettings | None) -> Tracer | None:

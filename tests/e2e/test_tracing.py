@@ -40,6 +40,7 @@ def config(upstream_url: str, telemetry: str = "") -> str:
           - name: content
             key: {CONTENT_KEY}
             trace_content: true
+            status: true
         providers:
           - name: up
             type: openai
@@ -183,6 +184,11 @@ def test_content_is_recorded_only_for_keys_that_opted_in(
                                                                                      "content": "hi there"}]}]
     assert json.loads(loud["gen_ai.output.messages"])[0]["parts"] == [{"type": "text", "content": "Hello world"}]
     assert CONTENT_KEY not in json.dumps(loud)
+
+
+def test_the_status_page_says_where_spans_go(traced: GatewayProcess, collector: tuple[OtlpReceiver, str]) -> None:
+    status = httpx.get(traced.url + "/status.json", auth=("ops", CONTENT_KEY)).json()
+    assert status["tracing"] == f"OTLP/HTTP to {collector[1]}, sample ratio 1, service.name vte-e2e"
 
 
 def test_errors_before_any_upstream_have_a_server_span_only(
