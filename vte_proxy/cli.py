@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from vte_proxy import __version__
-from vte_proxy.config import ServerConfig
+from vte_proxy.config import GatewayConfig, ServerConfig
 from vte_proxy.loader import ConfigError, LoadedConfig, load_config
 from vte_proxy.settings import Settings
 
@@ -47,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def check(path: str, allow_missing_env: bool = False) -> int:
     """Validate offline (discovery is not run): exit 0 and the routing table, or 1 and every error."""
-    from vte_proxy.routing import build_routing, is_glob
-
     try:
         loaded = load_config(path, allow_missing_env=allow_missing_env)
     except ConfigError as exc:
@@ -59,9 +57,16 @@ def check(path: str, allow_missing_env: bool = False) -> int:
     for warning in loaded.warnings:
         print(f"{path}: warning: {warning}", file=sys.stderr)
     config = loaded.config
-    table = build_routing(config, {})
     print(f"{path}: valid (sha256 {loaded.sha256[:12]}), {len(config.providers)} provider(s), "
           f"{len(config.keys)} key(s)")
+    _print_routing(config)
+    return 0
+
+
+def _print_routing(config: GatewayConfig) -> None:
+    from vte_proxy.routing import build_routing, is_glob
+
+    table = build_routing(config, {})
     width = max((len(n) for n in table.entries), default=10)
     for entry in table.entries.values():
         if entry.route:
@@ -74,7 +79,6 @@ def check(path: str, allow_missing_env: bool = False) -> int:
             globs = [m for m in p.models if is_glob(m)]
             print(f"  ({p.name}: more models from discovery at run time, include {list(p.discover.include)}, "
                   f"exclude {list(p.discover.exclude)}" + (f", matching {globs}" if globs else "") + ")")
-    return 0
 
 
 def schema() -> int:

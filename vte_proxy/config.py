@@ -226,6 +226,3 @@ class GatewayConfig(_Frozen):
                     raise ValueError(f"{field}[{i}].name: {item.name!r} is already used by {field}[{seen[item.name]}]")
                 seen[item.name] = i
         return self
-
-    def provider(self, name: str) -> ProviderConfig:
-        return next(p for p in self.providers if p.name == name)

@@ -56,11 +56,16 @@ class Discovery:
         providers.acquire()  # the pool stays open while this poll uses it
         try:
             models = await providers.providers[name].discover()
+        except UpstreamError as exc:  # counted where it was created (reason "discovery")
+            status.last_error = exc.message
+            log.warning("discovery for provider %s failed, keeping %d known models: %s", name, status.models,
+                        exc.message)
+            status.polled.set()
+            return False
         except Exception as exc:
-            message = exc.message if isinstance(exc, UpstreamError) else f"{exc.__class__.__name__}"
-            if not isinstance(exc, UpstreamError):
-                log.exception("discovery for provider %s raised", name)
+            log.exception("discovery for provider %s raised", name)
             metrics.child(metrics.UPSTREAM_ERRORS, name, "discovery").inc()
+            message = exc.__class__.__name__
             status.last_error = message
             log.warning("discovery for provider %s failed, keeping %d known models: %s", name, status.models,
                         message)

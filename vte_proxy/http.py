@@ -31,33 +31,47 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-
                (b"x-accel-buffering", b"no")]
 
 
-async def read_body(receive: Receive, scope: Scope, limit: int, seconds: float) -> bytes:
-    """The whole request body; 413 as soon as it would pass ``limit`` (before reading on)."""
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"request body is larger than {limit} bytes", "body_too_large")
+
+
+def _check_declared_length(scope: Scope, limit: int) -> None:
+    """413 at once when the declared Content-Length is over ``limit`` (nothing read yet)."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
-                if int(value) > limit:
-                    raise GatewayError(413, f"request body is larger than {limit} bytes", "body_too_large")
+                declared = int(value)
             except ValueError:
                 raise GatewayError(400, "invalid Content-Length", "invalid_request") from None
-    chunks: list[bytes] = []
-    size = 0
+            if declared > limit:
+                raise _too_large(limit)
+
+
+async def read_body(receive: Receive, scope: Scope, limit: int, seconds: float) -> bytes:
+    """The whole request body; 413 as soon as it would pass ``limit`` (before reading on),
+    408 when it takes longer than ``seconds``."""
+    _check_declared_length(scope, limit)
     try:
         async with asyncio.timeout(seconds):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise GatewayError(400, "client disconnected", "client_disconnected")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise GatewayError(413, f"request body is larger than {limit} bytes", "body_too_large")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
+            return await _receive_body(receive, limit)
     except TimeoutError:
         raise GatewayError(408, "timed out reading the request body", "body_timeout") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(400, "client disconnected", "client_disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def authenticate(state: GatewayState, scope: Scope) -> ClientKey:

@@ -139,30 +139,26 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(_collect()), CONTENT_TYPE_LATEST
 
 
+_ZERO = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+
 def model_totals() -> dict[str, dict[str, int]]:
     """Requests, errors (status >= 400) and tokens per model label since start, over all
     workers: the status page's totals are the same numbers as ``/metrics``."""
     out: dict[str, dict[str, int]] = {}
-
-    def row(model: str) -> dict[str, int]:
-        r = out.get(model)
-        if r is None:
-            r = out[model] = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        return r
-
     source = _collect()
     families = source.collect() if source is not REGISTRY else [*REQUESTS.collect(), *TOKENS.collect()]
     for family in families:
-        if family.name == "vte_requests":
-            for sample in family.samples:
-                if sample.name == "vte_requests_total":
-                    r = row(sample.labels["model"])
-                    r["requests"] += int(sample.value)
-                    if int(sample.labels["code"]) >= 400:
-                        r["errors"] += int(sample.value)
-        elif family.name == "vte_tokens":
-            for sample in family.samples:
-                if sample.name == "vte_tokens_total":
-                    r = row(sample.labels["model"])
-                    r[f"{sample.labels['type']}_tokens"] += int(sample.value)
+        for sample in family.samples:
+            if sample.name == "vte_requests_total":
+                _add_request(out.setdefault(sample.labels["model"], dict(_ZERO)), sample.labels, sample.value)
+            elif sample.name == "vte_tokens_total":
+                row = out.setdefault(sample.labels["model"], dict(_ZERO))
+                row[f"{sample.labels['type']}_tokens"] += int(sample.value)
     return out
+
+
+def _add_request(row: dict[str, int], labels: dict[str, str], value: float) -> None:
+    row["requests"] += int(value)
+    if int(labels["code"]) >= 400:
+        row["errors"] += int(value)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from vte_proxy.config import GatewayConfig, ProviderConfig
+from vte_proxy.config import GatewayConfig, ProviderConfig, RouteConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,62 +89,86 @@ class RoutingTable:
 
 def build_routing(config: GatewayConfig, discovered: Mapping[str, tuple[str, ...]]) -> RoutingTable:
     """Build the table; raise :class:`RoutingError` naming every static conflict's place."""
-    problems: list[tuple[str, str]] = []
+    build = _Build(config)
     # Static claims first (literal models, then route names): who owns each written name.
-    claims: dict[str, tuple[str, int | None]] = {}
+    build.claim_models()
+    build.claim_routes()
     for pi, provider in enumerate(config.providers):
-        for mi, model in enumerate(provider.models):
-            if is_glob(model):
-                continue
-            name, place = exposed_name(provider, model), f"providers[{pi}].models[{mi}]"
-            if name in claims:
-                problems.append((place, f"exposed model {name!r} is already claimed by {claims[name][0]}"))
-            else:
-                claims[name] = (place, pi)
+        build.add_provider(pi, provider, discovered.get(provider.name))
     for ri, route in enumerate(config.routes):
-        place = f"routes[{ri}].name"
-        if route.name in claims:
-            problems.append((place, f"route {route.name!r} is already claimed by {claims[route.name][0]}"))
-        else:
-            claims[route.name] = (place, None)
+        build.add_route(ri, route)
+    if build.problems:
+        raise RoutingError(build.problems)
+    return RoutingTable(build.entries, build.counts, tuple(build.conflicts))
 
-    entries: dict[str, Entry] = {}
-    counts: dict[str, int] = {}
-    conflicts: list[tuple[str, str]] = []
-    for pi, provider in enumerate(config.providers):
+
+@dataclass
+class _Build:
+    """A table being built. ``claims`` maps each name written in the config to (its place,
+    the claiming provider's index, or None for a route)."""
+
+    config: GatewayConfig
+    claims: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # static: the config is refused
+    conflicts: list[tuple[str, str]] = field(default_factory=list)  # discovered names left out
+
+    def claim_models(self) -> None:
+        for pi, provider in enumerate(self.config.providers):
+            for mi, model in enumerate(provider.models):
+                if not is_glob(model):
+                    self._claim(exposed_name(provider, model), f"providers[{pi}].models[{mi}]", pi, "exposed model")
+
+    def claim_routes(self) -> None:
+        for ri, route in enumerate(self.config.routes):
+            self._claim(route.name, f"routes[{ri}].name", None, "route")
+
+    def _claim(self, name: str, place: str, owner: int | None, what: str) -> None:
+        if name in self.claims:
+            self.problems.append((place, f"{what} {name!r} is already claimed by {self.claims[name][0]}"))
+        else:
+            self.claims[name] = (place, owner)
+
+    def add_provider(self, pi: int, provider: ProviderConfig, discovered: tuple[str, ...] | None) -> None:
+        """An entry per model the provider serves, unless another provider owns its name."""
         literal = set(provider.models)
         n = 0
-        for model in provider_models(provider, discovered.get(provider.name)):
+        for model in provider_models(provider, discovered):
             name = exposed_name(provider, model)
-            owner = claims.get(name)
-            if name in entries or (owner is not None and owner[1] != pi):
-                if model not in literal:  # a literal one was reported above
-                    by = owner[0] if owner else f"provider {entries[name].targets[0].provider!r}"
-                    conflicts.append((f"providers[{pi}].discover", f"discovered model {model!r} is not exposed: "
-                                      f"{name!r} is already claimed by {by}"))
+            owner = self.claims.get(name)
+            if name in self.entries or (owner is not None and owner[1] != pi):
+                if model not in literal:  # a literal one was reported as a problem by claim_models
+                    self._discovered_conflict(pi, model, name, owner)
                 continue
-            entries[name] = Entry(name, (Target(name, provider.name, model),))
+            self.entries[name] = Entry(name, (Target(name, provider.name, model),))
             n += 1
-        counts[provider.name] = n
+        self.counts[provider.name] = n
 
-    for ri, route in enumerate(config.routes):
-        if claims[route.name][0] != f"routes[{ri}].name":
-            continue  # a duplicate, reported above
+    def _discovered_conflict(self, pi: int, model: str, name: str, owner: tuple[str, int | None] | None) -> None:
+        by = owner[0] if owner else f"provider {self.entries[name].targets[0].provider!r}"
+        self.conflicts.append((f"providers[{pi}].discover", f"discovered model {model!r} is not exposed: "
+                               f"{name!r} is already claimed by {by}"))
+
+    def add_route(self, ri: int, route: RouteConfig) -> None:
+        """The route's entry: its targets' targets, in order (a duplicate route was reported)."""
+        if self.claims[route.name][0] != f"routes[{ri}].name":
+            return
         targets: list[Target] = []
-        for ti, t in enumerate(route.targets):
-            entry = entries.get(t)
-            if entry is None or entry.route:
-                # A discovered model may appear later; only flag what can never resolve.
-                if t in claims and claims[t][1] is None:
-                    problems.append((f"routes[{ri}].targets[{ti}]", f"{t!r} is a route; a route targets models"))
-                elif not _may_be_discovered(config, t):
-                    problems.append((f"routes[{ri}].targets[{ti}]", f"{t!r} is not an exposed model"))
-                continue
-            targets.extend(entry.targets)
-        entries[route.name] = Entry(route.name, tuple(targets), route=True)
-    if problems:
-        raise RoutingError(problems)
-    return RoutingTable(entries, counts, tuple(conflicts))
+        for ti, name in enumerate(route.targets):
+            targets.extend(self._route_target(f"routes[{ri}].targets[{ti}]", name))
+        self.entries[route.name] = Entry(route.name, tuple(targets), route=True)
+
+    def _route_target(self, place: str, name: str) -> tuple[Target, ...]:
+        entry = self.entries.get(name)
+        if entry is not None and not entry.route:
+            return entry.targets
+        # A discovered model may appear later; only flag what can never resolve.
+        if name in self.claims and self.claims[name][1] is None:
+            self.problems.append((place, f"{name!r} is a route; a route targets models"))
+        elif not _may_be_discovered(self.config, name):
+            self.problems.append((place, f"{name!r} is not an exposed model"))
+        return ()
 
 
 def _may_be_discovered(config: GatewayConfig, name: str) -> bool:

@@ -205,36 +205,47 @@ class StreamWatcher:
             self.finished = True
         decode = b'"usage":{' in ev or b'"usage": {' in ev
         if self._rewrite:
-            hit = False
-            for old, new in self._needles:
-                if old in ev:
-                    ev = ev.replace(old, new)
-                    hit = True
-            if not hit and b'"model"' in ev:
-                decode = True
-        if not decode:
-            return ev
-        payload = data_of(ev)
-        if payload is None:
-            return ev
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return ev
-        if not isinstance(obj, dict):
+            ev, renamed = self._rename(ev)
+            decode = decode or (not renamed and b'"model"' in ev)
+        return self._decoded(ev) if decode else ev
+
+    def _rename(self, ev: bytes) -> tuple[bytes, bool]:
+        """``ev`` with the known upstream names replaced by bytes, and whether one was there."""
+        hit = False
+        for old, new in self._needles:
+            if old in ev:
+                ev = ev.replace(old, new)
+                hit = True
+        return ev, hit
+
+    def _decoded(self, ev: bytes) -> bytes | None:
+        """The slow path, for events with usage or a model name not seen before."""
+        obj = _json_object(ev)
+        if obj is None:
             return ev
         usage = usage_of(obj)
         if usage is not None:
             self.usage = usage
             if not self.keep_usage and obj.get("choices") == [] and obj.get("object") != "response":
                 return None
-        if self._rewrite:
-            upstream = obj.get("model") or (obj.get("response") or {}).get("model")
-            if isinstance(upstream, str) and upstream != self._exposed:
-                self._learn(upstream)  # the upstream names the model its own way: match it cheaply next time
-            set_model(obj, self._exposed)
-            return with_data(ev, orjson.dumps(obj))
-        return ev
+        if not self._rewrite:
+            return ev
+        upstream = obj.get("model") or (obj.get("response") or {}).get("model")
+        if isinstance(upstream, str) and upstream != self._exposed:
+            self._learn(upstream)  # the upstream names the model its own way: match it cheaply next time
+        set_model(obj, self._exposed)
+        return with_data(ev, orjson.dumps(obj))
+
+
+def _json_object(ev: bytes) -> dict[str, Any] | None:
+    payload = data_of(ev)
+    if payload is None:
+        return None
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 class ChatAssembler:

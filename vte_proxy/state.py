@@ -112,6 +112,12 @@ def pinned_state(scope: MutableMapping[str, Any], gateway: Gateway) -> GatewaySt
     return state
 
 
+def _warn_start_only(old: GatewayConfig, new: GatewayConfig) -> None:
+    for name in START_ONLY:
+        if getattr(old.server, name, None) != getattr(new.server, name, None):
+            log.warning("server.%s changed: it takes effect when the process restarts", name)
+
+
 class Gateway:
     """Holds the current :class:`GatewayState` and replaces it on reload."""
 
@@ -170,40 +176,44 @@ class Gateway:
             except ConfigError as exc:
                 return self._fail(str(exc), "")
             digest = config_hash(raw)
-            current = self._state
-            if not force:
-                if current is not None and digest == current.loaded.sha256:
-                    if self.last_failure is not None:  # a broken edit was reverted: healed
-                        self.last_failure, self._failed_hash = None, ""
-                        self._count("success")
-                        log.warning("%s is back to the config being served (sha256 %s)", self.config_path,
-                                    digest[:12])
-                    return False
-                if digest == self._failed_hash:  # the same broken bytes, already reported
-                    return False
+            if not force and self._unchanged(digest):
+                return False
             try:
                 loaded = await asyncio.to_thread(load_config, self.config_path, None, raw)
             except ConfigError as exc:
                 return self._fail(str(exc), digest)
-            try:
-                # Read the state again: discovery may have swapped one in while we parsed.
-                current = self._state
-                discovered = self._carry_discovered(current, loaded.config) if current else {}
-                new = build_state(loaded, discovered, self.connector)
-            except Exception as exc:  # a reload must never take the watcher down
-                log.exception("building the state for %s failed", self.config_path)
-                # Only the type: an exception's text may hold a value from the file.
-                return self._fail(f"cannot build the new state ({exc.__class__.__name__}); see the log", digest)
-            self._swap(new)
-            self.last_failure, self._failed_hash = None, ""
-            self._count("success")
-            if current is not None:
-                for name in START_ONLY:
-                    if getattr(current.config.server, name, None) != getattr(loaded.config.server, name, None):
-                        log.warning("server.%s changed: it takes effect when the process restarts", name)
-            log.warning("config reloaded from %s (sha256 %s, %d models)", self.config_path, loaded.sha256[:12],
-                        len(new.routing.entries))
+            return self._apply(loaded, digest)
+
+    def _unchanged(self, digest: str) -> bool:
+        """Whether ``digest`` needs no rebuild: the config being served (a reverted broken
+        edit heals here) or the same broken bytes, already reported."""
+        current = self._state
+        if current is not None and digest == current.loaded.sha256:
+            if self.last_failure is not None:
+                self.last_failure, self._failed_hash = None, ""
+                self._count("success")
+                log.warning("%s is back to the config being served (sha256 %s)", self.config_path, digest[:12])
             return True
+        return digest == self._failed_hash
+
+    def _apply(self, loaded: LoadedConfig, digest: str) -> bool:
+        # Read the state again: discovery may have swapped one in while the file was parsed.
+        current = self._state
+        try:
+            discovered = self._carry_discovered(current, loaded.config) if current else {}
+            new = build_state(loaded, discovered, self.connector)
+        except Exception as exc:  # a reload must never take the watcher down
+            log.exception("building the state for %s failed", self.config_path)
+            # Only the type: an exception's text may hold a value from the file.
+            return self._fail(f"cannot build the new state ({exc.__class__.__name__}); see the log", digest)
+        self._swap(new)
+        self.last_failure, self._failed_hash = None, ""
+        self._count("success")
+        if current is not None:
+            _warn_start_only(current.config, loaded.config)
+        log.warning("config reloaded from %s (sha256 %s, %d models)", self.config_path, loaded.sha256[:12],
+                    len(new.routing.entries))
+        return True
 
     def _carry_discovered(self, current: GatewayState, config: GatewayConfig) -> dict[str, tuple[str, ...]]:
         """Keep the last upstream lists of discovering providers whose ``base_url`` is unchanged

@@ -15,7 +15,7 @@ import asyncio
 import os
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -27,12 +27,14 @@ from starlette.routing import Route
 
 from vte_proxy import __version__, metrics
 from vte_proxy.accounting import Accounting
+from vte_proxy.config import ProviderConfig
 from vte_proxy.http import authenticate_status
-from vte_proxy.state import Gateway
+from vte_proxy.routing import Entry
+from vte_proxy.state import Gateway, GatewayState
 from vte_proxy.tracing import describe
 
 if TYPE_CHECKING:
-    from vte_proxy.discovery import Discovery
+    from vte_proxy.discovery import Discovery, DiscoveryStatus
 
 ERROR_WINDOW = 300.0  # seconds of history behind a provider's "recent error rate"
 SUBSCRIBER_QUEUE = 1000
@@ -69,57 +71,22 @@ class StatusPage:
                     q.put_nowait(data)
 
     def snapshot(self) -> dict[str, Any]:
+        """The page's facts (also ``/status.json``), all from one pinned state."""
         g = self.gateway
         state = g.state
-        config = state.config
-        cutoff = time.monotonic() - ERROR_WINDOW
-        window: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for at, provider, ok in self.recent:
-            if at >= cutoff:
-                window[provider][0] += 1
-                window[provider][1] += 0 if ok else 1
-        providers = []
-        for p in config.providers:
-            disc = self.discovery.status.get(p.name)
-            total, errors = window.get(p.name, [0, 0])
-            providers.append({
-                "name": p.name, "type": p.type, "prefix": p.prefix,
-                "host": urlsplit(p.base_url).hostname if p.base_url else None,
-                "models": state.routing.counts.get(p.name, 0),
-                "stream_mode": state.stream_modes[p.name],
-                "discovery": None if disc is None else {"enabled": True, "last_ok": disc.last_ok,
-                                                        "last_error": disc.last_error},
-                "recent_requests": total, "recent_errors": errors,
-                "error_rate": round(errors / total, 4) if total else 0.0,
-            })
         per_model = metrics.model_totals()
-        zero = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        models = []
-        for entry in state.routing.entries.values():
-            t = entry.targets[0] if entry.targets else None
-            totals = per_model.get(entry.name) or zero
-            models.append({"id": entry.name, "route": entry.route,
-                           "provider": None if entry.route or t is None else t.provider,
-                           "upstream": None if entry.route or t is None else t.upstream_model,
-                           "targets": [x.exposed for x in entry.targets] if entry.route else None, **totals})
-        unknown = per_model.get("unknown")
-        totals = {k: sum(m[k] for m in per_model.values()) for k in zero}
-        failure = g.last_failure
         return {
             "version": __version__,
             "started_at": self.started,
             "ready": g.ready,
             "worker": {"pid": os.getpid(), "multiprocess": metrics.multiprocess_dir() is not None},
-            "config": {"path": g.config_path, "hash": state.loaded.sha256[:12], "loaded_at": state.loaded_at,
-                       "reloads": dict(g.reloads),
-                       "last_reload_error": None if failure is None else {"at": failure.at,
-                                                                          "message": failure.message}},
-            "providers": providers,
-            "models": models,
-            "unknown_model_requests": unknown["requests"] if unknown else 0,
-            "keys": [{"name": k.name, "status": k.status, "models": list(k.models)} for k in config.keys],
+            "config": _config_facts(g, state),
+            "providers": _providers(state, self.discovery.status, _recent_by_provider(self.recent)),
+            "models": _models(state, per_model),
+            "unknown_model_requests": _unknown_requests(per_model),
+            "keys": [{"name": k.name, "status": k.status, "models": list(k.models)} for k in state.config.keys],
             "tracing": describe(self.accounting.tracing.settings),
-            "totals": totals,
+            "totals": {k: sum(m[k] for m in per_model.values()) for k in _ZERO},
             "log": list(reversed(self.accounting.recent)),
         }
 
@@ -167,3 +134,65 @@ class StatusPage:
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+_ZERO = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+
+def _config_facts(g: Gateway, state: GatewayState) -> dict[str, Any]:
+    """Which config serves, since when, and how reloads went (the last failure's message)."""
+    failure = g.last_failure
+    return {"path": g.config_path, "hash": state.loaded.sha256[:12], "loaded_at": state.loaded_at,
+            "reloads": dict(g.reloads),
+            "last_reload_error": None if failure is None else {"at": failure.at, "message": failure.message}}
+
+
+def _recent_by_provider(recent: Iterable[tuple[float, str, bool]]) -> dict[str, list[int]]:
+    """Per provider, [requests, errors] over the last :data:`ERROR_WINDOW` seconds."""
+    cutoff = time.monotonic() - ERROR_WINDOW
+    window: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for at, provider, ok in recent:
+        if at >= cutoff:
+            window[provider][0] += 1
+            window[provider][1] += 0 if ok else 1
+    return window
+
+
+def _providers(state: GatewayState, discovery: Mapping[str, DiscoveryStatus],
+               window: Mapping[str, list[int]]) -> list[dict[str, Any]]:
+    return [_provider(p, state, discovery.get(p.name), window.get(p.name, [0, 0])) for p in state.config.providers]
+
+
+def _provider(p: ProviderConfig, state: GatewayState, disc: DiscoveryStatus | None,
+              recent: list[int]) -> dict[str, Any]:
+    """One provider: where it is (host only), what it exposes, discovery, recent error rate."""
+    total, errors = recent
+    return {
+        "name": p.name, "type": p.type, "prefix": p.prefix,
+        "host": urlsplit(p.base_url).hostname if p.base_url else None,
+        "models": state.routing.counts.get(p.name, 0),
+        "stream_mode": state.stream_modes[p.name],
+        "discovery": None if disc is None else {"enabled": True, "last_ok": disc.last_ok,
+                                                "last_error": disc.last_error},
+        "recent_requests": total, "recent_errors": errors,
+        "error_rate": round(errors / total, 4) if total else 0.0,
+    }
+
+
+def _models(state: GatewayState, per_model: Mapping[str, dict[str, int]]) -> list[dict[str, Any]]:
+    return [_model(entry, per_model.get(entry.name) or _ZERO) for entry in state.routing.entries.values()]
+
+
+def _model(entry: Entry, totals: dict[str, int]) -> dict[str, Any]:
+    """One exposed name: a model (its provider and upstream id) or a route (its targets), and its totals."""
+    t = None if entry.route or not entry.targets else entry.targets[0]
+    return {"id": entry.name, "route": entry.route,
+            "provider": None if t is None else t.provider,
+            "upstream": None if t is None else t.upstream_model,
+            "targets": [x.exposed for x in entry.targets] if entry.route else None, **totals}
+
+
+def _unknown_requests(per_model: Mapping[str, dict[str, int]]) -> int:
+    """Requests for names that are not in the config (counted as ``model="unknown"``)."""
+    unknown = per_model.get("unknown")
+    return unknown["requests"] if unknown else 0

@@ -149,13 +149,13 @@ class UpstreamResponse:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def read_json(self) -> dict[str, Any]:
-        """The whole body as a JSON object (502 ``protocol`` otherwise); the response is released."""
+    async def read_json(self, reason: str = "protocol") -> dict[str, Any]:
+        """The whole body as a JSON object (502 ``reason`` otherwise); the response is released."""
         try:
             raw = await self.read()
         finally:
             await self.aclose()
-        return parse_json_object(self.provider, raw)
+        return parse_json_object(self.provider, raw, reason)
 
     async def aclose(self) -> None:
         # Back to the pool when fully read; closed (never reused) when abandoned mid-body.
@@ -171,15 +171,15 @@ class UpstreamResponse:
             await self.aclose()
 
 
-def parse_json_object(provider: str, raw: bytes) -> dict[str, Any]:
-    """``raw`` as a JSON object; 502 ``protocol`` when it is not one."""
+def parse_json_object(provider: str, raw: bytes, reason: str = "protocol") -> dict[str, Any]:
+    """``raw`` as a JSON object; 502 ``reason`` when it is not one."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise UpstreamError(provider, 502, f"provider {provider!r} answered with invalid JSON", "protocol") from None
+        raise UpstreamError(provider, 502, f"provider {provider!r} answered with invalid JSON", reason) from None
     if not isinstance(body, dict):
         raise UpstreamError(provider, 502, f"provider {provider!r} answered with a JSON {type(body).__name__}, "
-                            "not an object", "protocol")
+                            "not an object", reason)
     return body
 
 

@@ -86,6 +86,36 @@ def test_check_of_a_missing_file_exits_1(tmp_path: Path, capsys: pytest.CaptureF
     assert "config file not found" in capsys.readouterr().err
 
 
+def _bomb(levels: int = 10) -> str:
+    """A YAML alias bomb: 10 ** levels nodes once its aliases are expanded, in under 1 KB."""
+    rows = ["lol0: &lol0 [" + ", ".join(["lol"] * 10) + "]"]
+    rows += [f"lol{i}: &lol{i} [" + ", ".join([f"*lol{i - 1}"] * 10) + "]" for i in range(1, levels + 1)]
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize(("hostile", "needle", "message"), [
+    ("deep: " + "[" * 3000 + "]" * 3000 + "\n", "deep: [", "the YAML nests deeper than 64 levels (aliases expanded)"),
+    ("loop: &loop {me: *loop}\n", "loop:",
+     "an alias inside the node its anchor names (a recursive alias) is not allowed"),
+    (_bomb(), "lol4: &lol4", "the YAML holds more than 100000 nodes once its aliases are expanded"),
+], ids=["deep-nesting", "recursive-alias", "alias-bomb"])
+def test_check_refuses_a_hostile_yaml_file_with_a_located_error(
+        tmp_path: Path, env: None, capsys: pytest.CaptureFixture[str], hostile: str, needle: str, message: str) -> None:
+    text = gateway_yaml("http://127.0.0.1:9/v1") + hostile
+    path = write(tmp_path, text)
+    assert main(["check", path]) == 1
+    line = next(i + 1 for i, row in enumerate(text.splitlines()) if needle in row)
+    assert capsys.readouterr().err.splitlines() == [f"{path}: 1 error(s)", f"  (top level) (line {line}): {message}"]
+
+
+def test_check_refuses_a_config_over_1_mib(tmp_path: Path, env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, gateway_yaml("http://127.0.0.1:9/v1") + "#" * 1024 * 1024 + "\n")
+    assert main(["check", path]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: 1 error(s)",
+        "  (top level): the file is larger than 1024 KiB (1048576 bytes), the most a config may be"]
+
+
 def test_check_allow_missing_env_warns_and_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     for k in ENV:

@@ -242,12 +242,27 @@ def _duplicate_model(text: str) -> tuple[str, str]:
                  "is already claimed by providers[0].models[0]")
 
 
+def _deep_nesting(text: str) -> tuple[str, str]:
+    bad = text + "deep: " + "[" * 3000 + "]" * 3000 + "\n"  # a RecursionError in the YAML composer, unlimited
+    return bad, f"(top level) (line {_line(bad, 'deep: [')}): the YAML nests deeper than 64 levels (aliases expanded)"
+
+
+def _alias_bomb(text: str) -> tuple[str, str]:
+    lol = ["lol0: &lol0 [" + ", ".join(["lol"] * 10) + "]"]
+    lol += [f"lol{i}: &lol{i} [" + ", ".join([f"*lol{i - 1}"] * 10) + "]" for i in range(1, 11)]
+    bad = text + "\n".join(lol) + "\n"  # 10**10 nodes once expanded
+    return bad, (f"(top level) (line {_line(bad, 'lol4: &lol4')}): "
+                 "the YAML holds more than 100000 nodes once its aliases are expanded")
+
+
 def _line(text: str, needle: str, nth: int = 1) -> int:
     return [i + 1 for i, line in enumerate(text.splitlines()) if needle in line][nth - 1]
 
 
-@pytest.mark.parametrize("breakage", [_bad_yaml, _unknown_type, _missing_env, _duplicate_model],
-                         ids=["bad-yaml", "unknown-provider-type", "missing-env-var", "duplicate-model"])
+@pytest.mark.parametrize("breakage",
+                         [_bad_yaml, _unknown_type, _missing_env, _duplicate_model, _deep_nesting, _alias_bomb],
+                         ids=["bad-yaml", "unknown-provider-type", "missing-env-var", "duplicate-model", "deep-nesting",
+                              "alias-bomb"])
 def test_broken_edit_keeps_serving_the_last_good_config_visibly_until_a_good_edit_heals(
         s: Setup, breakage: Callable[[str], tuple[str, str]]) -> None:
     p = s.probe

@@ -4,12 +4,14 @@ and no message ever quotes a value from the file (it may be a secret)."""
 from __future__ import annotations
 
 import textwrap
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from vte_proxy import loader
 from vte_proxy.config import parse_duration
-from vte_proxy.loader import ConfigError, ConfigIssue, load_config, parse_config
+from vte_proxy.loader import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES, ConfigError, ConfigIssue, load_config, parse_config
 
 ENV = {"TEAM_KEY": "sk-team-from-env", "UP_KEY": "sk-upstream-from-env"}
 
@@ -297,3 +299,91 @@ def test_the_example_config_loads() -> None:
     root = Path(__file__).resolve().parents[2]
     loaded = load_config(root / "gateway.yaml.example", env={})
     assert [p.name for p in loaded.config.providers] == ["demo"]
+
+
+# ---------------------------------------------------------------- hostile files: bounded work, located errors
+def billion_laughs(levels: int = 10, width: int = 10) -> str:
+    """The classic alias bomb: about 2 KB that expands to ``width ** levels`` nodes."""
+    rows = [f"lol0: &lol0 [{', '.join(['lol'] * width)}]"]
+    rows += [f"lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(rows) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_its_line_without_expanding_it() -> None:
+    text = BASE + billion_laughs()
+    assert len(text) < 2048
+    tracemalloc.start()
+    try:
+        issue = only(issues_of(text))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert issue.message == f"the YAML holds more than {MAX_NODES} nodes once its aliases are expanded"
+    assert issue.line == line_of(text, "lol4: &lol4")  # 11 + 110 + 1,110 + 11,110 + 111,110 nodes
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB to refuse a 2 KB file"
+
+
+def test_anchors_aliases_and_merge_keys_within_the_limits_still_work() -> None:
+    text = BASE.replace("  - name: up\n", "  - &up\n    name: up\n").replace(
+        "routes:", "  - <<: *up\n    name: up2\n    prefix: up2\n    models: *models\nroutes:").replace(
+        "models: [gpt-4o, gpt-4o-mini]", "models: &models [gpt-4o, gpt-4o-mini]")
+    config = parse_config(text, ENV).config
+    assert [(p.name, p.prefix, p.base_url, p.models) for p in config.providers[::2]] == [
+        ("up", "up", "http://127.0.0.1:9/v1", ("gpt-4o", "gpt-4o-mini")),
+        ("up2", "up2", "http://127.0.0.1:9/v1", ("gpt-4o", "gpt-4o-mini"))]
+
+
+@pytest.mark.parametrize("shape", ["flow", "block", "aliases"])
+def test_nesting_deeper_than_the_limit_is_a_located_error_not_a_recursion_error(shape: str) -> None:
+    levels = 3000
+    if shape == "flow":  # a: [[[[...]]]] on one line
+        text = BASE + "deep: " + "[" * levels + "]" * levels + "\n"
+        first_too_deep = line_of(text, "deep:")
+    elif shape == "block":  # one mapping inside the next, one space more each line
+        text = BASE + "".join(" " * i + f"k{i}:\n" for i in range(levels // 5)) + " " * (levels // 5) + "end\n"
+        first_too_deep = line_of(text, f"k{MAX_DEPTH - 1}:")  # key k<i> is at level i + 2 (the top mapping: 1)
+    else:  # each anchor one level deeper than the one it names: short lines, deep once expanded
+        text = BASE + "d0: &d0 [x]\n" + "".join(f"d{i}: &d{i} [*d{i - 1}]\n" for i in range(1, levels // 5))
+        first_too_deep = line_of(text, f"d{MAX_DEPTH - 2}: ")
+    issue = only(issues_of(text))
+    assert issue.message == f"the YAML nests deeper than {MAX_DEPTH} levels (aliases expanded)"
+    assert issue.line == first_too_deep
+
+
+@pytest.mark.parametrize("text", ["loop: &loop [1, *loop]\n", "loop: &loop {me: *loop}\n"])
+def test_a_recursive_alias_is_a_located_error(text: str) -> None:
+    issue = only(issues_of(BASE + text))
+    assert issue.message == "an alias inside the node its anchor names (a recursive alias) is not allowed"
+    assert issue.line == BASE.count("\n") + 1
+
+
+def test_a_recursion_error_never_escapes_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "MAX_DEPTH", 10**9)  # as if the nesting limit were missed
+    text = BASE + "deep: " + "[" * 1500 + "]" * 1500 + "\n"
+    assert only(issues_of(text)).message == "the file nests too deeply to be read"
+
+
+def test_a_config_larger_than_1_mib_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    assert MAX_CONFIG_BYTES == 1024 * 1024
+    message = f"the file is larger than 1024 KiB ({MAX_CONFIG_BYTES} bytes), the most a config may be"
+    too_big = BASE + "#" * (MAX_CONFIG_BYTES - len(BASE)) + "\n"
+    assert only(issues_of(too_big)).message == message
+    path = tmp_path / "big.yaml"
+    path.write_text(too_big + "#" * 10 * MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ENV)
+    assert [(i.place, i.line, i.message) for i in info.value.issues] == [("", None, message)]
+
+
+def test_a_config_of_exactly_the_size_limit_is_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "MAX_CONFIG_BYTES", len(BASE.encode()) + 100)  # 1 MiB of YAML parses slowly
+    exact = BASE + "# " + "é" * 48 + ".\n"  # counted in bytes, not characters
+    assert len(exact.encode()) == loader.MAX_CONFIG_BYTES
+    path = tmp_path / "exact.yaml"
+    path.write_text(exact)
+    assert load_config(path, ENV).config.version == 1
+    path.write_text(exact + "\n")
+    with pytest.raises(ConfigError, match="the file is larger than"):
+        load_config(path, ENV)
+    with pytest.raises(ConfigError, match="the file is larger than"):
+        parse_config("#" + exact, ENV)

@@ -67,7 +67,7 @@ class OpenAIProvider(Provider):
         response = await self.upstream.send("GET", f"{self._base}/models",
                                             {k: v for k, v in self._headers.items() if k != "content-type"},
                                             reason="discovery")
-        data = (await response.read_json()).get("data")
+        data = (await response.read_json("discovery")).get("data")
         if not isinstance(data, list):
             raise UpstreamError(self.name, 502, f"provider {self.name!r} answered /models without a data list",
                                 "discovery")

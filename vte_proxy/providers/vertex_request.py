@@ -13,6 +13,8 @@ import math
 import re
 import secrets
 import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from vte_proxy.providers.vertex_schema import clean_schema
@@ -67,16 +69,17 @@ def _text_of(content: Any, where: str, allowed: tuple[str, ...] = ("text",)) -> 
         return [content]
     if not isinstance(content, list):
         raise _bad(f"{where}.content must be a string or a list of content parts")
-    texts = []
-    for i, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in allowed:
-            raise _bad(f"{where}.content[{i}]: only {' and '.join(allowed)} parts are supported here")
-        text = part.get(kind if kind == "refusal" else "text")
-        if not isinstance(text, str):
-            raise _bad(f"{where}.content[{i}].{kind} must be a string")
-        texts.append(text)
-    return texts
+    return [_text_part_of(part, f"{where}.content[{i}]", allowed) for i, part in enumerate(content)]
+
+
+def _text_part_of(part: Any, where: str, allowed: tuple[str, ...]) -> str:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind not in allowed:
+        raise _bad(f"{where}: only {' and '.join(allowed)} parts are supported here")
+    text = part.get(kind if kind == "refusal" else "text")
+    if not isinstance(text, str):
+        raise _bad(f"{where}.{kind} must be a string")
+    return text
 
 
 def _mime_from_name(name: str, default: str) -> str:
@@ -100,40 +103,57 @@ def _media_part(url: Any, where: str, default_mime: str = "image/jpeg") -> dict[
 
 
 def _user_part(part: Any, where: str) -> dict[str, Any] | None:
+    """One user content part as a Gemini part (None for an empty text)."""
     if not isinstance(part, dict):
         raise _bad(f"{where} must be a content part object")
     kind = part.get("type")
-    if kind == "text":
-        if not isinstance(part.get("text"), str):
-            raise _bad(f"{where}.text must be a string")
-        return {"text": part["text"]} if part["text"] else None
-    if kind == "image_url":
-        image = part.get("image_url")
-        url = image.get("url") if isinstance(image, dict) else image
-        return _media_part(url, f"{where}.image_url.url")
-    if kind == "input_audio":
-        audio = part.get("input_audio")
-        data = audio.get("data") if isinstance(audio, dict) else None
-        fmt = audio.get("format") if isinstance(audio, dict) else None
-        if not isinstance(data, str) or not data or fmt not in _AUDIO_MIME:
-            raise _bad(f"{where}.input_audio needs base64 'data' and a 'format' among {sorted(_AUDIO_MIME)}")
-        return {"inlineData": {"mimeType": _AUDIO_MIME[fmt], "data": data}}
-    if kind == "file":
-        file = part.get("file")
-        if not isinstance(file, dict):
-            raise _bad(f"{where}.file must be an object")
-        data, file_id = file.get("file_data"), file.get("file_id")
-        filename = file.get("filename")
-        name = filename if isinstance(filename, str) else ""
-        if isinstance(data, str) and data.startswith("data:"):
-            return _media_part(data, f"{where}.file.file_data", _mime_from_name(name, "application/pdf"))
-        if isinstance(data, str) and data:
-            return {"inlineData": {"mimeType": _mime_from_name(name, "application/pdf"), "data": data}}
-        if isinstance(file_id, str) and file_id.startswith(("https://", "gs://")):
-            return _media_part(file_id, f"{where}.file.file_id", _mime_from_name(name, "application/pdf"))
-        raise _bad(f"{where}.file: give file_data (base64 or a data: URL) or a gs:// / https:// file_id; "
-                   "uploaded file ids are not supported by this provider")
-    raise _bad(f"{where}: unsupported content part type {kind!r}")
+    handler = _PART_HANDLERS.get(kind) if isinstance(kind, str) else None
+    if handler is None:
+        raise _bad(f"{where}: unsupported content part type {kind!r}")
+    return handler(part, where)
+
+
+def _text_part(part: dict[str, Any], where: str) -> dict[str, Any] | None:
+    if not isinstance(part.get("text"), str):
+        raise _bad(f"{where}.text must be a string")
+    return {"text": part["text"]} if part["text"] else None
+
+
+def _image_part(part: dict[str, Any], where: str) -> dict[str, Any] | None:
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    return _media_part(url, f"{where}.image_url.url")
+
+
+def _audio_part(part: dict[str, Any], where: str) -> dict[str, Any] | None:
+    audio = part.get("input_audio")
+    data = audio.get("data") if isinstance(audio, dict) else None
+    fmt = audio.get("format") if isinstance(audio, dict) else None
+    if not isinstance(data, str) or not data or fmt not in _AUDIO_MIME:
+        raise _bad(f"{where}.input_audio needs base64 'data' and a 'format' among {sorted(_AUDIO_MIME)}")
+    return {"inlineData": {"mimeType": _AUDIO_MIME[fmt], "data": data}}
+
+
+def _file_part(part: dict[str, Any], where: str) -> dict[str, Any] | None:
+    file = part.get("file")
+    if not isinstance(file, dict):
+        raise _bad(f"{where}.file must be an object")
+    data, file_id = file.get("file_data"), file.get("file_id")
+    filename = file.get("filename")
+    mime = _mime_from_name(filename if isinstance(filename, str) else "", "application/pdf")
+    if isinstance(data, str) and data.startswith("data:"):
+        return _media_part(data, f"{where}.file.file_data", mime)
+    if isinstance(data, str) and data:
+        return {"inlineData": {"mimeType": mime, "data": data}}
+    if isinstance(file_id, str) and file_id.startswith(("https://", "gs://")):
+        return _media_part(file_id, f"{where}.file.file_id", mime)
+    raise _bad(f"{where}.file: give file_data (base64 or a data: URL) or a gs:// / https:// file_id; "
+               "uploaded file ids are not supported by this provider")
+
+
+_PART_HANDLERS: dict[str, Callable[[dict[str, Any], str], dict[str, Any] | None]] = {
+    "text": _text_part, "image_url": _image_part, "input_audio": _audio_part, "file": _file_part,
+}
 
 
 def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
@@ -150,9 +170,18 @@ def _function_call_part(call: Any, where: str) -> tuple[str, str, dict[str, Any]
     call_id = call.get("id") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(call_id, str) or not call_id:
         raise _bad(f"{where} must be an object with 'id' and 'function'")
-    name, raw = fn.get("name"), fn.get("arguments")
+    name = fn.get("name")
     if not isinstance(name, str) or not name:
         raise _bad(f"{where}.function.name must be a non-empty string")
+    part: dict[str, Any] = {"functionCall": {"name": name, "args": _call_args(fn.get("arguments"), where)}}
+    signature = thought_signature_from_id(call_id)
+    if signature:
+        part["thoughtSignature"] = signature
+    return call_id, name, part
+
+
+def _call_args(raw: Any, where: str) -> dict[str, Any]:
+    """A tool call's ``arguments`` (a JSON string, or already an object) as an object."""
     if isinstance(raw, str):
         try:
             args = json.loads(raw) if raw.strip() else {}
@@ -162,11 +191,7 @@ def _function_call_part(call: Any, where: str) -> tuple[str, str, dict[str, Any]
         args = {} if raw is None else raw
     if not isinstance(args, dict):
         raise _bad(f"{where}.function.arguments must be a JSON object")
-    part: dict[str, Any] = {"functionCall": {"name": name, "args": args}}
-    signature = thought_signature_from_id(call_id)
-    if signature:
-        part["thoughtSignature"] = signature
-    return call_id, name, part
+    return args
 
 
 def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
@@ -178,93 +203,138 @@ def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any
         contents.append({"role": role, "parts": list(parts)})
 
 
+@dataclass
+class _Turns:
+    """A conversion in progress: system parts, Gemini turns, and the tool calls seen so far
+    (``names``: every call id -> function name; ``pending``: those not answered yet)."""
+
+    system: list[dict[str, Any]] = field(default_factory=list)
+    contents: list[dict[str, Any]] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
+
+    def check_answered(self, role: str, where: str) -> None:
+        """A new user turn, or a new assistant turn, must come after every pending call's answer."""
+        if self.pending and (role == "user" or (role == "assistant" and self.contents[-1]["role"] != "model")):
+            raise _bad(f"{where}: the assistant's tool_calls {sorted(self.pending)} "
+                       "have no tool message answering them")
+
+
 def convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(systemInstruction parts, contents) for an OpenAI ``messages`` list."""
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty list")
-    system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
-    names: dict[str, str] = {}
-    pending: dict[str, str] = {}  # tool_call_id -> name, not yet answered
+    turns = _Turns()
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise _bad(f"{where} must be an object")
-        role = msg.get("role")
-        if not isinstance(role, str) or not role:
-            raise _bad(f"{where}.role is required")
-        if pending and (role == "user" or (role == "assistant" and contents[-1]["role"] != "model")):
-            raise _bad(f"{where}: the assistant's tool_calls {sorted(pending)} "
-                       "have no tool message answering them")
-        if role in ("system", "developer"):
-            system.extend({"text": t} for t in _text_of(msg.get("content"), where) if t)
-        elif role == "user":
-            _append(contents, "user", _user_parts(msg.get("content"), where))
-        elif role == "assistant":
-            texts = _text_of(msg.get("content"), where, ("text", "refusal"))
-            parts: list[dict[str, Any]] = [{"text": t} for t in texts if t]
-            calls = msg.get("tool_calls")
-            if calls is not None and not isinstance(calls, list):
-                raise _bad(f"{where}.tool_calls must be a list")
-            for j, call in enumerate(calls or ()):
-                call_id, name, part = _function_call_part(call, f"{where}.tool_calls[{j}]")
-                names[call_id] = pending[call_id] = name
-                parts.append(part)
-            _append(contents, "model", parts)
-        elif role == "tool":
-            answered = msg.get("tool_call_id")
-            if not isinstance(answered, str) or answered not in names:
-                raise _bad(f"{where}.tool_call_id does not match any earlier assistant tool call")
-            if answered not in pending:
-                raise _bad(f"{where}: tool_call_id {answered!r} was already answered")
-            text = "".join(_text_of(msg.get("content"), where))
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = None
-            response = parsed if isinstance(parsed, dict) else {"content": text}
-            reply = {"functionResponse": {"name": pending.pop(answered), "response": response}}
-            _append(contents, "user", [reply])
-        else:
-            raise _bad(f"{where}.role {role!r} is not supported "
-                       "(use system, developer, user, assistant or tool)")
-    if pending:
-        raise _bad(f"the assistant's tool_calls {sorted(pending)} have no tool message answering them")
-    if not contents:
+        role = _role_of(msg, where)
+        turns.check_answered(role, where)
+        _ROLE_HANDLERS.get(role, _unknown_role)(turns, msg, where)
+    if turns.pending:
+        raise _bad(f"the assistant's tool_calls {sorted(turns.pending)} have no tool message answering them")
+    if not turns.contents:
         raise _bad("'messages' must contain at least one user or assistant message with content")
-    return system, contents
+    return turns.system, turns.contents
+
+
+def _role_of(msg: Any, where: str) -> str:
+    if not isinstance(msg, dict):
+        raise _bad(f"{where} must be an object")
+    role = msg.get("role")
+    if not isinstance(role, str) or not role:
+        raise _bad(f"{where}.role is required")
+    return role
+
+
+def _system_message(turns: _Turns, msg: dict[str, Any], where: str) -> None:
+    turns.system.extend({"text": t} for t in _text_of(msg.get("content"), where) if t)
+
+
+def _user_message(turns: _Turns, msg: dict[str, Any], where: str) -> None:
+    _append(turns.contents, "user", _user_parts(msg.get("content"), where))
+
+
+def _assistant_message(turns: _Turns, msg: dict[str, Any], where: str) -> None:
+    """Text (and refusal) parts, then one ``functionCall`` part per tool call, as a model turn."""
+    texts = _text_of(msg.get("content"), where, ("text", "refusal"))
+    parts: list[dict[str, Any]] = [{"text": t} for t in texts if t]
+    calls = msg.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise _bad(f"{where}.tool_calls must be a list")
+    for j, call in enumerate(calls or ()):
+        call_id, name, part = _function_call_part(call, f"{where}.tool_calls[{j}]")
+        turns.names[call_id] = turns.pending[call_id] = name
+        parts.append(part)
+    _append(turns.contents, "model", parts)
+
+
+def _tool_message(turns: _Turns, msg: dict[str, Any], where: str) -> None:
+    """A tool result as a ``functionResponse`` part, named after the call it answers."""
+    answered = msg.get("tool_call_id")
+    if not isinstance(answered, str) or answered not in turns.names:
+        raise _bad(f"{where}.tool_call_id does not match any earlier assistant tool call")
+    if answered not in turns.pending:
+        raise _bad(f"{where}: tool_call_id {answered!r} was already answered")
+    text = "".join(_text_of(msg.get("content"), where))
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    response = parsed if isinstance(parsed, dict) else {"content": text}
+    reply = {"functionResponse": {"name": turns.pending.pop(answered), "response": response}}
+    _append(turns.contents, "user", [reply])
+
+
+def _unknown_role(turns: _Turns, msg: dict[str, Any], where: str) -> None:
+    raise _bad(f"{where}.role {msg['role']!r} is not supported "
+               "(use system, developer, user, assistant or tool)")
+
+
+_ROLE_HANDLERS: dict[str, Callable[[_Turns, dict[str, Any], str], None]] = {
+    "system": _system_message, "developer": _system_message, "user": _user_message,
+    "assistant": _assistant_message, "tool": _tool_message,
+}
 
 
 # --- tools, tool_choice, generationConfig -----------------------------------------------------
 
 def convert_tools(tools: Any) -> list[dict[str, Any]]:
+    """OpenAI ``tools`` -> one Gemini tool holding every function declaration."""
     if tools is None:
         return []
     if not isinstance(tools, list):
         raise _bad("'tools' must be a list")
     decls: list[dict[str, Any]] = []
     for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-            raise _bad(f"{where}: only tools of type 'function' are supported")
-        fn = tool.get("function")
-        name = fn.get("name") if isinstance(fn, dict) else None
-        if not isinstance(fn, dict) or not isinstance(name, str) or not _FN_NAME_RE.fullmatch(name):
-            raise _bad(f"{where}.function.name must start with a letter or '_' and contain only "
-                       "letters, digits, '_', '.', ':' or '-' (at most 128 characters)")
-        if any(d["name"] == name for d in decls):
-            raise _bad(f"{where}: duplicate function name {name!r}")
-        decl: dict[str, Any] = {"name": name}
-        if isinstance(fn.get("description"), str) and fn["description"]:
-            decl["description"] = fn["description"]
-        if fn.get("parameters") is not None:
-            params = clean_schema(fn["parameters"], f"{where}.function.parameters")
-            if params.get("type", "OBJECT") != "OBJECT":
-                raise _bad(f"{where}.function.parameters must be an object schema")
-            if params.get("properties"):
-                decl["parameters"] = {**params, "type": "OBJECT"}
-        decls.append(decl)
+        decls.append(_declaration(tool, f"tools[{i}]", decls))
     return [{"functionDeclarations": decls}] if decls else []
+
+
+def _declaration(tool: Any, where: str, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+    """One function tool as a ``functionDeclaration`` (its name unique among ``earlier``)."""
+    if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+        raise _bad(f"{where}: only tools of type 'function' are supported")
+    fn = tool.get("function")
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(fn, dict) or not isinstance(name, str) or not _FN_NAME_RE.fullmatch(name):
+        raise _bad(f"{where}.function.name must start with a letter or '_' and contain only "
+                   "letters, digits, '_', '.', ':' or '-' (at most 128 characters)")
+    if any(d["name"] == name for d in earlier):
+        raise _bad(f"{where}: duplicate function name {name!r}")
+    decl: dict[str, Any] = {"name": name}
+    if isinstance(fn.get("description"), str) and fn["description"]:
+        decl["description"] = fn["description"]
+    if fn.get("parameters") is not None:
+        decl.update(_parameters(fn["parameters"], f"{where}.function.parameters"))
+    return decl
+
+
+def _parameters(schema: Any, where: str) -> dict[str, Any]:
+    """``{"parameters": ...}`` for a function's schema, or nothing when it takes no properties."""
+    params = clean_schema(schema, where)
+    if params.get("type", "OBJECT") != "OBJECT":
+        raise _bad(f"{where} must be an object schema")
+    return {"parameters": {**params, "type": "OBJECT"}} if params.get("properties") else {}
 
 
 def convert_tool_choice(choice: Any, declared: list[str]) -> dict[str, Any] | None:
@@ -308,48 +378,76 @@ def _integer(body: dict[str, Any], key: str, lo: int, hi: int = 2**31 - 1) -> in
     return value
 
 
+_SAMPLING = (("temperature", "temperature", 0.0, 2.0), ("top_p", "topP", 0.0, 1.0),
+             ("presence_penalty", "presencePenalty", -2.0, 2.0), ("frequency_penalty", "frequencyPenalty", -2.0, 2.0))
+_INT_MAX = 2**31 - 1
+_INTEGERS = (("top_k", "topK", 1, _INT_MAX), ("n", "candidateCount", 1, 8), ("seed", "seed", -(2**31), _INT_MAX),
+             ("max_tokens", "maxOutputTokens", 1, _INT_MAX), ("max_completion_tokens", "maxOutputTokens", 1, _INT_MAX))
+
+
 def generation_config(body: dict[str, Any]) -> dict[str, Any]:
+    """The request's sampling, length, stop, output format and reasoning fields as ``generationConfig``."""
     out: dict[str, Any] = {}
-    for key, wire, lo, hi in (("temperature", "temperature", 0.0, 2.0), ("top_p", "topP", 0.0, 1.0),
-                              ("presence_penalty", "presencePenalty", -2.0, 2.0),
-                              ("frequency_penalty", "frequencyPenalty", -2.0, 2.0)):
+    for add in (_add_sampling, _add_integers, _add_stop, _add_response_format, _add_thinking):
+        add(body, out)
+    return out
+
+
+def _add_sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
+    for key, wire, lo, hi in _SAMPLING:
         num = _number(body, key, lo, hi)
         if num is not None:
             out[wire] = min(num, _PENALTY_MAX) if wire.endswith("Penalty") else num
-    ints = (("top_k", "topK", 1), ("n", "candidateCount", 1), ("seed", "seed", -(2**31)),
-            ("max_tokens", "maxOutputTokens", 1), ("max_completion_tokens", "maxOutputTokens", 1))
-    for key, wire, lo in ints:
-        value = _integer(body, key, lo, 8 if key == "n" else 2**31 - 1)
+
+
+def _add_integers(body: dict[str, Any], out: dict[str, Any]) -> None:
+    for key, wire, lo, hi in _INTEGERS:
+        value = _integer(body, key, lo, hi)
         if value is not None:
             out[wire] = value
+
+
+def _add_stop(body: dict[str, Any], out: dict[str, Any]) -> None:
     stop = body.get("stop")
-    if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > 5:
-            raise _bad("'stop' must be a string or a list of at most 5 strings")
-        if [s for s in stops if s]:
-            out["stopSequences"] = [s for s in stops if s]
+    if stop is None:
+        return
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > 5:
+        raise _bad("'stop' must be a string or a list of at most 5 strings")
+    if [s for s in stops if s]:
+        out["stopSequences"] = [s for s in stops if s]
+
+
+def _add_response_format(body: dict[str, Any], out: dict[str, Any]) -> None:
+    """``response_format`` json_object / json_schema -> JSON output (with the cleaned schema)."""
     fmt = body.get("response_format")
-    if fmt is not None:
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind in ("json_object", "json_schema"):
-            out["responseMimeType"] = "application/json"
-        if kind == "json_schema":
-            spec = fmt.get("json_schema")
-            if not isinstance(spec, dict):
-                raise _bad("'response_format.json_schema' must be an object")
-            if spec.get("schema") is not None:
-                schema = clean_schema(spec["schema"], "response_format.json_schema.schema")
-                if schema:
-                    out["responseSchema"] = schema
-        elif kind not in ("text", "json_object"):
-            raise _bad("'response_format.type' must be 'text', 'json_object' or 'json_schema'")
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise _bad("'response_format.type' must be 'text', 'json_object' or 'json_schema'")
+    if kind != "text":
+        out["responseMimeType"] = "application/json"
+    if kind == "json_schema":
+        _add_response_schema(fmt.get("json_schema"), out)
+
+
+def _add_response_schema(spec: Any, out: dict[str, Any]) -> None:
+    if not isinstance(spec, dict):
+        raise _bad("'response_format.json_schema' must be an object")
+    if spec.get("schema") is not None:
+        schema = clean_schema(spec["schema"], "response_format.json_schema.schema")
+        if schema:
+            out["responseSchema"] = schema
+
+
+def _add_thinking(body: dict[str, Any], out: dict[str, Any]) -> None:
     effort = body.get("reasoning_effort")
-    if effort is not None:
-        if effort not in _THINKING_BUDGET:
-            raise _bad(f"'reasoning_effort' must be one of {', '.join(_THINKING_BUDGET)}")
-        out["thinkingConfig"] = {"thinkingBudget": _THINKING_BUDGET[effort]}
-    return out
+    if effort is None:
+        return
+    if effort not in _THINKING_BUDGET:
+        raise _bad(f"'reasoning_effort' must be one of {', '.join(_THINKING_BUDGET)}")
+    out["thinkingConfig"] = {"thinkingBudget": _THINKING_BUDGET[effort]}
 
 
 def _reject_unsupported(body: dict[str, Any]) -> None:

@@ -174,33 +174,34 @@ class GeminiStreamTranslator:
         if not isinstance(event, dict):
             raise _malformed("stream event")
         if isinstance(event.get("error"), dict):
-            status, body = gemini_error(_status_of(event["error"]), json.dumps(event).encode())
-            raise UpstreamError(self.provider, status, body["error"]["message"], "status",
-                                retryable=status in (429, 503), code=body["error"]["code"],
-                                body=json.dumps(body).encode())
+            raise self._stream_error(event)
         if isinstance(event.get("usageMetadata"), dict):
             self._usage = gemini_usage(event["usageMetadata"])
-        chunks: list[dict[str, Any]] = []
-        for index, cand in _candidates(event):
-            text, thoughts, calls = _split(cand)
-            delta: dict[str, Any] = {}
-            if text:
-                delta["content"] = text
-            if thoughts:
-                delta["reasoning_content"] = thoughts
-            if delta:
-                chunks.append(self._chunk(index, delta))
-            for call in calls:
-                n = self._calls.get(index, 0)
-                self._calls[index] = n + 1
-                chunks.append(self._chunk(index, {"tool_calls": [{"index": n, **call}]}))
-            reason = cand.get("finishReason")
-            if reason and index not in self._done:
-                self._done.add(index)
-                chunks.append(self._chunk(index, {}, _finish_reason(reason, index in self._calls)))
+        chunks = [c for index, cand in _candidates(event) for c in self._candidate_chunks(index, cand)]
         if not self._done and _blocked(event) and not _candidates(event):
             self._done.add(0)
             chunks.append(self._chunk(0, {}, "content_filter"))
+        return chunks
+
+    def _stream_error(self, event: dict[str, Any]) -> UpstreamError:
+        status, body = gemini_error(_status_of(event["error"]), json.dumps(event).encode())
+        return UpstreamError(self.provider, status, body["error"]["message"], "status",
+                             retryable=status in (429, 503), code=body["error"]["code"],
+                             body=json.dumps(body).encode())
+
+    def _candidate_chunks(self, index: int, cand: Any) -> list[dict[str, Any]]:
+        """One candidate of an event: its text/thought delta, its tool calls, its finish."""
+        text, thoughts, calls = _split(cand)
+        delta = {k: v for k, v in (("content", text), ("reasoning_content", thoughts)) if v}
+        chunks = [self._chunk(index, delta)] if delta else []
+        for call in calls:
+            n = self._calls.get(index, 0)
+            self._calls[index] = n + 1
+            chunks.append(self._chunk(index, {"tool_calls": [{"index": n, **call}]}))
+        reason = cand.get("finishReason")
+        if reason and index not in self._done:
+            self._done.add(index)
+            chunks.append(self._chunk(index, {}, _finish_reason(reason, index in self._calls)))
         return chunks
 
     @property
