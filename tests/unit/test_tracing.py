@@ -493,3 +493,15 @@ def test_message_shapes() -> None:
     message = output_messages({"type": "message", "content": [{"type": "text", "text": "yo"}],
                                "stop_reason": "end_turn"})
     assert message == [{"role": "assistant", "parts": [{"type": "text", "content": "yo"}], "finish_reason": "end_turn"}]
+
+
+def test_the_request_log_carries_the_trace_id_only_when_traced() -> None:
+    from vte_proxy.accounting import RequestLine
+    from vte_proxy.record import RequestRecord
+
+    record = RequestRecord.start("chat/completions")
+    record.status = 200
+    assert "trace_id" not in record.entry() and "trace=" not in str(RequestLine(record.entry()))
+    record.trace_id = CLIENT_TRACE
+    assert record.entry()["trace_id"] == CLIENT_TRACE
+    assert str(RequestLine(record.entry())).endswith(f" trace={CLIENT_TRACE}")
