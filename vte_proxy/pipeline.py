@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from vte_proxy.auth import ClientKey
 from vte_proxy.errors import GatewayError, UpstreamError
-from vte_proxy.providers.base import Answer, Call, Provider
+from vte_proxy.providers.base import TRACE_HEADERS, Answer, Call, Provider
 from vte_proxy.record import RequestRecord
 from vte_proxy.routing import Entry, Target
 from vte_proxy.shaping import Plan, Reply, shape
@@ -156,5 +156,6 @@ def _traced(span: RequestSpan, provider: Provider, call: Call, request: Request)
     """The span of one attempt; the call carries its trace context upstream."""
     attempt = span.attempt(provider.name, provider.config.type, call.target.upstream_model,
                            target=call.target.exposed, stream=call.stream, base_url=provider.config.base_url)
-    call.headers = {**request.headers, **attempt.headers}
+    # The client's trace context is replaced as a whole (a tracestate never outlives its traceparent).
+    call.headers = {**{k: v for k, v in request.headers.items() if k not in TRACE_HEADERS}, **attempt.headers}
     return attempt

@@ -150,6 +150,12 @@ def test_a_retry_and_a_fall_over_give_one_server_span_and_three_attempt_spans(
     assert CLIENT_KEY not in dumped and UPSTREAM_KEY not in dumped
 
 
+def test_a_broken_client_context_is_replaced_as_a_whole(traced: GatewayProcess, up: ScriptedUpstream) -> None:
+    chat(traced, model="up/gpt-4o", extra_headers={"traceparent": "00-not-a-trace-01", "tracestate": "app=1"})
+    sent = up.last().headers
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[0-3]", sent["traceparent"]) and "tracestate" not in sent
+
+
 def test_a_stream_has_its_time_to_first_token_and_the_log_its_trace_id(
         traced: GatewayProcess, up: ScriptedUpstream, collector: tuple[OtlpReceiver, str]) -> None:
     rx, _ = collector

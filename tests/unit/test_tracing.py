@@ -221,8 +221,9 @@ def test_a_client_traceparent_is_continued_and_the_attempt_is_forwarded(receiver
 
 def test_an_invalid_traceparent_starts_a_new_trace(receiver: tuple[OtlpReceiver, str]) -> None:
     rx, url = receiver
-    trace_id, forwarded = chat_request(tracing_to(url), {"traceparent": "00-garbage-01"})
+    trace_id, forwarded = chat_request(tracing_to(url), {"traceparent": "00-garbage-01", "tracestate": "a=1"})
     assert trace_id != CLIENT_TRACE and len(trace_id) == 32
+    assert forwarded == {"traceparent": forwarded["traceparent"]}  # no tracestate without its traceparent
     assert forwarded["traceparent"].startswith(f"00-{trace_id}-")
     assert rx.wait_for(lambda s: len(s) >= 3)[0].trace_id == trace_id
 
