@@ -12,6 +12,9 @@ export thread included), so a busy machine disturbs it less than wall-clock time
            so this is the cost on the request path, without the export thread's work)
   down     tracing on, the collector unreachable and known to be (measured once the first
            export has failed: requests are then not traced, but one probe every 5 s)
+  dead     tracing on with the default settings, the collector unreachable, measured at once:
+           the first export is still retrying (up to 10 s), so the queue fills and the requests
+           after that are not traced
 
 Compare ``off`` with the same script run against another checkout (``PYTHONPATH=/path/to/it``)
 to see what the tracing hooks cost when tracing is off:
@@ -149,7 +152,7 @@ async def measure(mode: str, requests: int, rounds: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["off", "ratio0", "on", "down"])
+    parser.add_argument("mode", choices=["off", "ratio0", "on", "down", "dead"])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()

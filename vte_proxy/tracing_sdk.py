@@ -176,13 +176,18 @@ class Tracer:
         self._next_probe = 0.0
 
     def accepting(self) -> bool:
-        """Whether to trace the next request. While the collector fails, spans would only be
-        made to be dropped: a request is then not traced at all (counted as one dropped span,
-        reason ``collector_down``), so a dead collector costs the requests nothing, except one
-        probe request every PROBE_EVERY seconds whose export tells when it is back."""
-        exporter = self.processor.exporter
+        """Whether to trace the next request. While the collector fails, or the export queue is
+        full, spans would only be made to be dropped: a request is then not traced at all
+        (counted as one dropped span, reason ``collector_down`` or ``queue_full``), so a dead or
+        slow collector costs the requests next to nothing. While it fails, one probe request
+        every PROBE_EVERY seconds is traced: its export tells when the collector is back."""
+        processor = self.processor
+        exporter = processor.exporter
         if not exporter.down:
-            return True
+            if processor.queued - exporter.taken < processor.capacity:
+                return True
+            metrics.child(metrics.TRACE_SPANS_DROPPED, "queue_full").inc()
+            return False
         now = time.monotonic()
         if now >= self._next_probe and now >= exporter.failed_at + PROBE_EVERY:
             self._next_probe = now + PROBE_EVERY

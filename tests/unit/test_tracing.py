@@ -358,12 +358,15 @@ def test_a_full_queue_drops_new_spans_and_counts_them(receiver: tuple[OtlpReceiv
     for _ in range(3):  # span 2 waits in the queue; 3 and 4 find it full
         tracer.request("POST", "/v1/chat/completions", "chat/completions", {}).end(200)
     assert counter("vte_trace_spans_dropped_total", reason="queue_full") == before + 2
+    assert not tracer.accepting()  # while the queue is full, requests are not even traced
+    assert counter("vte_trace_spans_dropped_total", reason="queue_full") == before + 3
     rx.gate.set()
     rx.wait_for(lambda s: len(s) == 2)
     deadline = time.monotonic() + 10
     while counter("vte_trace_spans_exported_total") < exported + 2:
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    assert tracer.accepting()  # the queue has room again
 
 
 # ---------------------------------------------------------------- reloads
