@@ -4,7 +4,9 @@ A :class:`Tracer` owns one SDK ``TracerProvider`` with a ``BatchSpanProcessor`` 
 OTLP/HTTP (protobuf) exporter: ending a span appends it to a queue, a background thread
 exports batches. A request never waits for the collector: when the queue is full a span is
 dropped, and spans whose export failed (after the exporter's own retries) are dropped too;
-both are counted in ``vte_trace_spans_dropped_total{reason}``.
+while either lasts, new requests are not traced at all (:meth:`Tracer.accepting`: but for a
+probe every few seconds while the collector fails), so a dead collector costs next to nothing.
+All of it is counted in ``vte_trace_spans_dropped_total{reason}``.
 
 Per request: one server span (:class:`RequestSpan`, continuing the client's W3C
 ``traceparent``/``tracestate``) and one client span per upstream attempt
