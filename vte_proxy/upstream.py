@@ -78,12 +78,13 @@ def transport_error(provider: str, exc: BaseException, *, started: bool, first_b
                                  "timeout", reason or "idle")
         return UpstreamError(provider, 502, f"provider {provider!r} broke the connection mid-answer "
                              f"({exc.__class__.__name__})", reason or "truncated")
+    # Subclasses first: aiohttp's timeouts are TimeoutErrors too.
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         message, status, why = f"could not connect to provider {provider!r} (timeout)", 502, "connect"
-    elif isinstance(exc, TimeoutError):
-        message, status, why = f"provider {provider!r} did not answer within {first_byte or 0:g}s", 504, "timeout"
     elif isinstance(exc, aiohttp.ServerTimeoutError):
         message, status, why = f"provider {provider!r} did not answer in time", 504, "timeout"
+    elif isinstance(exc, TimeoutError):
+        message, status, why = f"provider {provider!r} did not answer within {first_byte or 0:g}s", 504, "timeout"
     else:
         message, status = f"could not connect to provider {provider!r} ({exc.__class__.__name__})", 502
         why = "connect"

@@ -23,7 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Stack
 from tests.support import (
+    ADMIN_KEY,
     CLIENT_KEY,
+    LIMITED_KEY,
+    THREE_WORDS,
     UPSTREAM_KEY,
     GatewayProcess,
     Reply,
@@ -34,10 +37,7 @@ from tests.support import (
     running_gateway,
 )
 
-STATUS_KEY = "sk-admin-key-000"
-LIMITED_KEY = "sk-limited-key-000"
-SECRETS = [CLIENT_KEY, LIMITED_KEY, STATUS_KEY, UPSTREAM_KEY]
-MESSAGES = [{"role": "user", "content": "one two three"}]  # echo: 3 prompt and 3 completion tokens
+SECRETS = [CLIENT_KEY, LIMITED_KEY, ADMIN_KEY, UPSTREAM_KEY]
 
 Labels = frozenset[tuple[str, str]]
 
@@ -72,7 +72,7 @@ def post(gw: GatewayProcess, endpoint: str, body: dict[str, object], key: str = 
 
 
 def chat(gw: GatewayProcess, model: str, key: str = CLIENT_KEY, **extra: object) -> httpx.Response:
-    return post(gw, "chat/completions", {"model": model, "messages": MESSAGES, **extra}, key)
+    return post(gw, "chat/completions", {"model": model, "messages": THREE_WORDS, **extra}, key)
 
 
 def delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
@@ -207,8 +207,8 @@ def test_metrics_auth_wants_a_status_key(upstream: ScriptedUpstream, tmp_path: P
             assert r.headers["www-authenticate"].startswith("Basic ")
             assert "vte_requests" not in r.text
         assert chat(gw, "demo/echo").status_code == 200
-        by_basic = scrape(gw.url, auth=("prometheus", STATUS_KEY))
-        by_bearer = scrape(gw.url, headers={"Authorization": f"Bearer {STATUS_KEY}"})
+        by_basic = scrape(gw.url, auth=("prometheus", ADMIN_KEY))
+        by_bearer = scrape(gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         for m in (by_basic, by_bearer):
             assert m.sum("vte_tokens_total", model="demo/echo", key="team") == 6
 
@@ -236,7 +236,7 @@ def test_two_workers_share_one_metrics_view(upstream: ScriptedUpstream, tmp_path
         assert m.sum("vte_in_flight_requests") == 0
         assert m.sum("vte_models_available", provider="up") == 2  # one value, not one per worker
         # The status page's totals come from the same shared view.
-        status = httpx.get(gw.url + "/status.json", auth=("ops", STATUS_KEY)).json()
+        status = httpx.get(gw.url + "/status.json", auth=("ops", ADMIN_KEY)).json()
         assert status["worker"]["multiprocess"] is True
         assert status["totals"]["requests"] == 20
         # Every worker reloads the config: 2 initial loads, then 2 reloads.
