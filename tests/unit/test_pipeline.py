@@ -64,6 +64,7 @@ class Tracker:
     def __init__(self) -> None:
         self.record = RequestRecord.start("chat/completions")
         self.sent: list[str] = []
+        self.span = None  # tracing off (tests/unit/test_tracing.py and e2e/test_tracing.py trace)
 
     def dispatched(self, provider: str) -> None:
         self.sent.append(provider)
