@@ -288,8 +288,9 @@ def usage_counts(usage: Any) -> tuple[int | None, int | None]:
 
 def finish_reasons(body: dict[str, Any]) -> list[str]:
     """Finish reasons of an answer: choices[].finish_reason, or Anthropic's stop_reason."""
-    reasons = [c["finish_reason"] for c in body.get("choices") or () if isinstance(c, dict)
-               and isinstance(c.get("finish_reason"), str)]
+    choices = body.get("choices")
+    reasons = [c["finish_reason"] for c in choices if isinstance(c, dict)
+               and isinstance(c.get("finish_reason"), str)] if isinstance(choices, list) else []
     if not reasons and isinstance(body.get("stop_reason"), str):
         reasons.append(body["stop_reason"])
     return reasons
@@ -427,7 +428,10 @@ class RequestSpan:
         if not self.span.is_recording():
             return answer
         if isinstance(answer, JsonAnswer):
-            self.response(answer.body)
+            try:
+                self.response(answer.body)
+            except Exception:  # an answer of an odd shape: tracing never fails a request
+                log.debug("tracing: could not read the answer", exc_info=True)
             return answer
         return replace(answer, events=self._watch(answer.events))
 
@@ -643,7 +647,10 @@ class StreamFacts:
         except orjson.JSONDecodeError:
             return
         if isinstance(obj, dict):
-            self._read(obj)
+            try:
+                self._read(obj)
+            except (AttributeError, TypeError, ValueError):  # an upstream event of an odd shape: not ours to fail
+                log.debug("tracing: could not read a stream event", exc_info=True)
 
     def _read(self, obj: dict[str, Any]) -> None:
         inner = obj.get("response") or obj.get("message")

@@ -23,7 +23,7 @@ from pydantic import SecretStr, ValidationError
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support import ROOT, chunk, completion, free_port
 from vte_proxy.config import TelemetryConfig
-from vte_proxy.providers.base import EventBatches, StreamAnswer
+from vte_proxy.providers.base import EventBatches, JsonAnswer, StreamAnswer
 from vte_proxy.tracing import Tracing, resolve, traces_url
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -509,3 +509,29 @@ def test_the_request_log_carries_the_trace_id_only_when_traced() -> None:
     record.trace_id = CLIENT_TRACE
     assert record.entry()["trace_id"] == CLIENT_TRACE
     assert str(RequestLine(record.entry())).endswith(f" trace={CLIENT_TRACE}")
+
+
+async def test_answers_of_odd_shapes_never_fail_a_request(receiver: tuple[OtlpReceiver, str]) -> None:
+    """Whatever an upstream sends, watching it for the trace raises nothing."""
+    rx, url = receiver
+    tracer = tracing_to(url).current
+    assert tracer is not None
+    odd: list[dict[str, Any]] = [
+        {"choices": 5}, {"choices": [{"delta": 3}]}, {"choices": [{"delta": {"tool_calls": [7]}}]},
+        {"choices": [{"message": "x", "finish_reason": 1}]}, {"output": [None, {"type": 1}]},
+        {"response": {"status": "incomplete", "incomplete_details": 4}}, {"model": ["x"]}]
+    for body in odd:
+        rs = tracer.request("POST", "/v1/chat/completions", "chat/completions", {})
+        rs.key("loud", trace_content=True)
+        rs.model({"model": "m", "messages": [{"role": 1, "content": {"a": 1}}, 5], "max_tokens": "x"}, "m")
+        rs.attempt("up", "openai", "m").answered()
+        assert rs.observe(JsonAnswer(body)).body is body  # type: ignore[union-attr]
+
+        async def events(body: dict[str, Any] = body) -> EventBatches:
+            yield [b"data: " + orjson.dumps(body), b"data: {not json", b"event: x", b"data: [DONE]"]
+
+        stream = rs.observe(StreamAnswer(events()))
+        assert isinstance(stream, StreamAnswer)
+        assert [batch async for batch in stream.events]
+        rs.end(200)
+    rx.wait_for(lambda s: len(s) >= 2 * len(odd))
