@@ -461,6 +461,8 @@ class RequestSpan:
         self._ended = True
         try:
             self._finish(status, error)
+        except Exception:  # the answer is out: a tracing fault is logged, never the request's
+            log.exception("tracing: ending the span of a request failed")
         finally:
             self._tracer.done()
 
