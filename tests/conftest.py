@@ -14,6 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import openai
 import pytest
 
+from tests.redis_server import redis_server  # noqa: F401 - a fixture for the limits tests
 from tests.support import (
     CLIENT_KEY,
     ScriptedUpstream,

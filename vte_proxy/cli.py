@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from vte_proxy import __version__
-from vte_proxy.config import GatewayConfig, ServerConfig
+from vte_proxy.config import GatewayConfig, LimitSet, ServerConfig
 from vte_proxy.loader import ConfigError, LoadedConfig, load_config
 from vte_proxy.settings import Settings
 
@@ -60,6 +60,8 @@ def check(path: str, allow_missing_env: bool = False) -> int:
     print(f"{path}: valid (sha256 {loaded.sha256[:12]}), {len(config.providers)} provider(s), "
           f"{len(config.keys)} key(s)")
     _print_routing(config)
+    for line in limits_summary(config):
+        print(f"  {line}")
     return 0
 
 
@@ -81,6 +83,31 @@ def _print_routing(config: GatewayConfig) -> None:
                   f"exclude {list(p.discover.exclude)}" + (f", matching {globs}" if globs else "") + ")")
 
 
+def _caps(limits: LimitSet) -> str:
+    return ", ".join(f"{n} {getattr(limits, n)}" for n in ("rpm", "tpm", "concurrency")
+                     if getattr(limits, n) is not None)
+
+
+def limits_summary(config: GatewayConfig) -> list[str]:
+    """The limits, budgets and prices of a config, one line each, for ``check``."""
+    lim = config.limits
+    redis = lim.redis if lim.store == "redis" else None
+    store = lim.store + (f" (on_error {redis.on_error}, timeout {redis.timeout * 1000:g}ms)" if redis else "")
+    lines = [f"  model {r.model}: {_caps(r)}" for r in lim.rules]
+    lines += [f"  provider {p.name}: {_caps(p.limits)}" for p in config.providers if p.limits.given()]
+    for k in config.keys:
+        budget = f"budget {k.budget.usd:g} USD per {k.budget.period}" if k.budget else ""
+        parts = [x for x in (_caps(k.limits), budget) if x]
+        if parts:
+            lines.append(f"  key {k.name}: {'; '.join(parts)}")
+    if lines or lim.given() or lim.store != "memory":
+        lines.insert(0, f"limits: store {store}" + (f"; gateway {_caps(lim)}" if lim.given() else ""))
+    for name, p in config.prices.items():
+        cached = f", cached_input {p.cached_input:g}" if p.cached_input is not None else ""
+        lines.append(f"price {name}: input {p.input:g}, output {p.output:g}{cached} USD per 1M tokens")
+    return lines
+
+
 def schema() -> int:
     from vte_proxy.config import GatewayConfig
 
@@ -92,6 +119,18 @@ def schema() -> int:
     return 0
 
 
+def _warn_memory_store(settings: Settings, config: GatewayConfig) -> None:
+    """Each worker has its own memory store: its limits multiply by the number of workers."""
+    from vte_proxy.limits.limiter import limits_in_use
+
+    if settings.workers > 1 and config.limits.store == "memory" and limits_in_use(config):
+        import logging
+
+        logging.getLogger("vte_proxy.limits").warning(
+            "limits.store is memory with %d workers: each worker counts on its own, so every limit and budget "
+            "is multiplied by %d; use store: redis", settings.workers, settings.workers)
+
+
 def serve(settings: Settings) -> int:
     """Run the gateway until it is stopped (SIGTERM drains in-flight requests first)."""
     from vte_proxy.logs import setup_logging
@@ -101,6 +140,7 @@ def serve(settings: Settings) -> int:
     if loaded is None:
         return 1
     _prepare_multiprocess_metrics(settings)
+    _warn_memory_store(settings, loaded.config)
     import uvicorn
 
     options = _uvicorn_options(settings, loaded.config.server)

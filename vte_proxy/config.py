@@ -52,6 +52,78 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LimitSet(_Frozen):
+    """Caps for one scope (a key, a model, a provider, the whole gateway); each is optional."""
+
+    rpm: int | None = Field(None, ge=1, description="Requests per minute (fixed 60 s windows).")
+    tpm: int | None = Field(None, ge=1, description="Tokens (input + output) per minute (fixed 60 s windows).")
+    concurrency: int | None = Field(None, ge=1, description="Requests in flight at once.")
+
+    def given(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.concurrency is not None
+
+
+class BudgetConfig(_Frozen):
+    """Spend cap of a key in USD per calendar period (UTC); priced from ``prices``."""
+
+    usd: float = Field(gt=0, description="USD the key may spend per period.")
+    period: Literal["day", "week", "month", "total"] = Field(
+        "month", description="day | week (from Monday) | month | total (never rolls over); UTC.")
+
+
+class Price(_Frozen):
+    """USD per 1M tokens."""
+
+    input: float = Field(ge=0, description="USD per 1M prompt tokens.")
+    output: float = Field(ge=0, description="USD per 1M completion tokens.")
+    cached_input: float | None = Field(None, ge=0, description="USD per 1M cached prompt tokens (default: input).")
+
+
+class LimitRule(LimitSet):
+    """Limits of every exposed model that ``model`` (a name or glob) matches; each model counts on its own."""
+
+    model: str = Field(min_length=1, description="Exposed model name or glob; the first matching rule applies.")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> LimitRule:
+        if not self.given():
+            raise ValueError("give at least one of rpm, tpm, concurrency")
+        return self
+
+
+class RedisConfig(_Frozen):
+    """Where the shared counters live when ``limits.store`` is ``redis``."""
+
+    url: SecretStr = Field(description="redis://[:password@]host:port/db or rediss://...; usually ${REDIS_URL}.")
+    on_error: Literal["open", "closed"] = Field(
+        "open", description="Redis unreachable: open serves without limits, closed answers 503.")
+    timeout: Duration = Field(0.1, gt=0, le=5, description="Timeout of each Redis call (e.g. 100ms).")
+    prefix: str = Field("vte:", pattern=r"^[A-Za-z0-9_.:{}-]*$", description="Prefix of every Redis key.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: SecretStr) -> SecretStr:
+        if urlsplit(v.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v
+
+
+class LimitsConfig(LimitSet):
+    """Gateway-wide caps, per-model rules, and where the counters live."""
+
+    rules: tuple[LimitRule, ...] = Field((), description="Per-model limits by exposed name or glob.")
+    store: Literal["memory", "redis"] = Field(
+        "memory", description="memory: exact within one process; redis: shared by every worker and replica.")
+    redis: RedisConfig | None = None
+    lease: Duration = Field(900.0, gt=0, description="Longest a concurrency slot is held if a replica dies.")
+
+    @model_validator(mode="after")
+    def _redis_given(self) -> LimitsConfig:
+        if self.store == "redis" and self.redis is None:
+            raise ValueError("limits.redis: required when store is redis (give at least url)")
+        return self
+
+
 class KeyConfig(_Frozen):
     """A client key. The key itself never appears in logs, metrics or pages; ``name`` does."""
 
@@ -62,6 +134,8 @@ class KeyConfig(_Frozen):
     status: bool = Field(False, description="May open the status page (and /metrics with metrics.auth).")
     trace_content: bool = Field(False, description="Put this key's prompts and completions into its trace spans "
                                 "(gen_ai.input.messages / gen_ai.output.messages) when telemetry is on.")
+    limits: LimitSet = Field(LimitSet(), description="Per-key caps, exact across replicas with the redis store.")
+    budget: BudgetConfig | None = Field(None, description="Spend cap; every model the key may use needs a price.")
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyConfig:
@@ -99,6 +173,7 @@ class ProviderConfig(_Frozen):
     timeouts: Timeouts = Timeouts()
     retries: int = Field(0, ge=0, le=10)
     max_connections: int = Field(256, ge=1, le=100_000, description="Upstream connection pool size.")
+    limits: LimitSet = Field(LimitSet(), description="Caps on what the gateway sends to this provider.")
 
     @field_validator("base_url")
     @classmethod
@@ -216,6 +291,9 @@ class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     metrics: MetricsConfig = MetricsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    prices: dict[str, Price] = Field(default_factory=dict,
+                                     description="USD per 1M tokens by exposed model name or glob (first match).")
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

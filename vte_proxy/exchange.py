@@ -26,6 +26,7 @@ from vte_proxy.accounting import Accounting
 from vte_proxy.auth import ClientKey
 from vte_proxy.dialect import Dialect
 from vte_proxy.errors import GatewayError
+from vte_proxy.limits import Ticket, Usage
 from vte_proxy.pipeline import Request, dispatch
 from vte_proxy.record import RequestRecord
 from vte_proxy.shaping import JsonReply, Reply, StreamReply
@@ -68,17 +69,21 @@ async def render_error(send: Send, err: GatewayError, dialect: Dialect) -> None:
 class Exchange:
     """One proxied request from its first byte in to its last byte out."""
 
-    __slots__ = ("accounting", "dialect", "record", "span", "state")
+    __slots__ = ("accounting", "dialect", "record", "span", "state", "ticket")
 
     def __init__(self, state: GatewayState, accounting: Accounting, endpoint: str, dialect: Dialect) -> None:
         self.state = state
         self.accounting = accounting
         self.dialect = dialect
         self.record = RequestRecord.start(endpoint)
+        self.ticket: Ticket | None = None
         self.span: RequestSpan | None = None  # the server span, while tracing is on
 
     def dispatched(self, provider: str) -> None:
         self.accounting.dispatched(self.record, provider)
+
+    def admitted(self, ticket: Ticket) -> None:
+        self.ticket = ticket
 
     def authenticate(self, presented: bytes | None) -> ClientKey:
         key = self.state.keys.authenticate(presented)
@@ -100,7 +105,9 @@ class Exchange:
             self._trace(tracer, headers)
         try:
             key = self.authenticate(presented)
-            request = self._request(key, self.dialect.parse(await read()), headers, stream_reply)
+            raw = await read()
+            request = self._request(key, self.dialect.parse(raw), headers, stream_reply)
+            request.size = len(raw)
             reply = await dispatch(self.state, request, self)
             await self._send(sink, reply)
         except GatewayError as err:
@@ -150,11 +157,23 @@ class Exchange:
                 self.record.got_usage(reply.usage)
         finally:
             self.state.providers.release()
+            await self._settle()
             try:
                 self.accounting.finish(self.record)
             finally:
                 if self.span is not None:
                     self._end_span(self.span)
+
+    async def _settle(self) -> None:
+        """Give the limits the real usage: an answer's own, its reservation when it reported
+        none (a stream the client left early), nothing when no answer came (all refunded)."""
+        ticket, rec = self.ticket, self.record
+        if ticket is None:
+            return
+        if rec.usage is not None:
+            await ticket.settle(Usage.from_wire(rec.usage))
+        else:
+            await ticket.settle(ticket.estimated_usage() if rec.answered else None)
 
     def _end_span(self, span: RequestSpan) -> None:
         """The server span ends with the request: status, usage, time to first token."""

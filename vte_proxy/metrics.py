@@ -63,6 +63,12 @@ MODELS = Gauge("vte_models_available", "Exposed models per provider.", ["provide
 TRACE_SPANS_DROPPED = Counter("vte_trace_spans_dropped", "Trace spans dropped instead of exported, by reason.",
                               ["reason"])
 TRACE_SPANS_EXPORTED = Counter("vte_trace_spans_exported", "Trace spans the collector accepted.")
+COST = Counter("vte_cost_usd", "Spend priced from `prices`, in USD.", ["model", "provider", "key"])
+RATE_LIMITED = Counter("vte_rate_limited", "Requests refused with 429 by a limit or budget.", ["key", "scope", "kind"])
+BUDGET_SPENT = Gauge("vte_budget_spent_usd", "Spend of a key with a budget in its current period (the shared store's "
+                     "figure).", ["key"], multiprocess_mode="mostrecent")
+LIMITS_STORE_ERRORS = Counter("vte_limits_store_errors", "Calls to the limits store that failed (down, timed out).",
+                              ["store"])
 
 _cache: dict[tuple[Any, ...], Any] = {}
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from vte_proxy.auth import ClientKey
 from vte_proxy.errors import GatewayError, UpstreamError
+from vte_proxy.limits import LimitExceeded, Ticket, estimate
 from vte_proxy.providers.base import TRACE_HEADERS, Answer, Call, Provider
 from vte_proxy.record import RequestRecord
 from vte_proxy.routing import Entry, Target
@@ -45,6 +46,9 @@ class Tracker(Protocol):
     def dispatched(self, provider: str) -> None:
         """The request is being sent to ``provider`` (first try, retry or fall-over)."""
 
+    def admitted(self, ticket: Ticket) -> None:
+        """The limits admitted the request: the exchange settles ``ticket`` when it ends."""
+
 
 @dataclass(slots=True)
 class Request:
@@ -56,6 +60,7 @@ class Request:
     client_stream: bool
     headers: dict[str, str] = field(default_factory=dict)  # allow-listed client headers
     dialect: str = "openai"
+    size: int = 0  # the body's bytes (the token reservation's prompt guess)
 
 
 async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> Reply:
@@ -64,12 +69,24 @@ async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> R
     span = tracker.span
     if span is not None:
         span.model(request.body, entry.name, entry.name if entry.route else None)
-    answer, target = await call_targets(state, entry, request, tracker)
+    ticket = await admit(state, entry, request, tracker)
+    answer, target = await call_targets(state, entry, request, tracker, ticket)
     if span is not None:
         answer = span.observe(answer)  # the upstream's own model name, id and finish, before shaping
     plan = Plan(request.endpoint, entry.name, target.provider, target.upstream_model, request.client_stream,
                 keep_usage=request.endpoint == "responses" or wants_usage(request.body))
-    return await shape(answer, plan)
+    reply = await shape(answer, plan)
+    reply.headers.update(ticket.headers())
+    return reply
+
+
+async def admit(state: GatewayState, entry: Entry, request: Request, tracker: Tracker) -> Ticket:
+    """The limits, before any provider is called: 429 when the key, the gateway, or every
+    target's model rule or provider is full (one store round trip in the common case)."""
+    targets = [(t.exposed, t.provider) for t in entry.targets]
+    ticket = await state.limiter.admit(request.key.name, targets, estimate(request.body, request.size))
+    tracker.admitted(ticket)
+    return ticket
 
 
 def resolve(state: GatewayState, request: Request, rec: RequestRecord) -> Entry:
@@ -104,23 +121,35 @@ def upstream_streams(state: GatewayState, request: Request, target: Target) -> b
 
 
 async def call_targets(state: GatewayState, entry: Entry, request: Request,
-                       tracker: Tracker) -> tuple[Answer, Target]:
+                       tracker: Tracker, ticket: Ticket) -> tuple[Answer, Target]:
     """Try the entry's targets in order, each with its provider's retries.
 
     Another try happens only for failures before the first byte: retries on connect errors,
-    timeouts, 502/503/504; the next target also on 429 and any 5xx.
+    timeouts, 502/503/504; the next target also on 429 and any 5xx. A target whose model rule
+    or provider limit is full is skipped; the client gets the last upstream error, or the 429
+    when no target had room.
     """
-    last: UpstreamError | None = None
-    for target in entry.targets:
+    failed: UpstreamError | None = None
+    full: LimitExceeded | None = None
+    # Targets before the admitted one had no room when the request was admitted.
+    first = next((i for i, t in enumerate(entry.targets) if ticket.holds(t.exposed, t.provider)), 0)
+    for target in entry.targets[first:]:
+        try:
+            await ticket.attempt(target.exposed, target.provider)
+        except LimitExceeded as exc:
+            full = exc
+            continue
         tracker.dispatched(target.provider)
         try:
             return await _attempts(state, target, request, tracker.span), target
         except UpstreamError as exc:
             if not exc.retryable:
                 raise
-            last = exc
-    assert last is not None
-    raise last
+            failed = exc
+    if failed is not None:
+        raise failed
+    assert full is not None
+    raise state.limiter.counted(request.key.name, full)
 
 
 async def _attempts(state: GatewayState, target: Target, request: Request, span: RequestSpan | None) -> Answer:

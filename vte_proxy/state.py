@@ -22,6 +22,8 @@ from typing import Any
 from vte_proxy import metrics
 from vte_proxy.auth import KeyRing
 from vte_proxy.config import GatewayConfig, StreamMode
+from vte_proxy.limits import Limiter, Stores
+from vte_proxy.limits.observe import LimitMetrics
 from vte_proxy.loader import ConfigError, LoadedConfig, config_hash, load_config, read_config
 from vte_proxy.providers import build_provider
 from vte_proxy.providers.base import Provider
@@ -80,6 +82,7 @@ class GatewayState:
     providers: ProviderSet
     stream_modes: Mapping[str, StreamMode]
     discovered: Mapping[str, tuple[str, ...]]
+    limiter: Limiter
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -94,13 +97,16 @@ class ReloadFailure:
 
 
 def build_state(loaded: LoadedConfig, discovered: Mapping[str, tuple[str, ...]],
-                connector: ConnectorFactory | None = None) -> GatewayState:
+                connector: ConnectorFactory | None = None, stores: Stores | None = None) -> GatewayState:
+    """The state of one config. Its limiter counts in ``stores`` (the app's, which outlive
+    every config, so a reload keeps the counters); a fresh set when none is given."""
     config = loaded.config
     routing = build_routing(config, discovered)
     providers = {p.name: build_provider(p, connector) for p in config.providers}
     modes = {p.name: p.stream_mode or config.stream_mode for p in config.providers}
+    store = (stores or Stores()).get(config.limits)
     return GatewayState(loaded, routing, KeyRing(config.keys), ProviderSet(providers, loaded.sha256[:12]), modes,
-                        dict(discovered))
+                        dict(discovered), Limiter(config, store, observer=LimitMetrics()))
 
 
 def pinned_state(scope: MutableMapping[str, Any], gateway: Gateway) -> GatewayState:
@@ -121,8 +127,10 @@ def _warn_start_only(old: GatewayConfig, new: GatewayConfig) -> None:
 class Gateway:
     """Holds the current :class:`GatewayState` and replaces it on reload."""
 
-    def __init__(self, config_path: str, connector: ConnectorFactory | None = None) -> None:
+    def __init__(self, config_path: str, connector: ConnectorFactory | None = None,
+                 stores: Stores | None = None) -> None:
         self.config_path = config_path
+        self.stores = stores or Stores()  # the limit counters: they outlive every config
         self.config_dir = Path(os.path.abspath(config_path)).parent
         self.connector = connector
         self._state: GatewayState | None = None
@@ -159,7 +167,7 @@ class Gateway:
     def load_initial(self) -> GatewayState:
         """Load the config at start; raise ConfigError when it is unusable."""
         loaded = load_config(self.config_path)
-        self._swap(build_state(loaded, {}, self.connector))
+        self._swap(build_state(loaded, {}, self.connector, self.stores))
         self._count("success")
         return self.state
 
@@ -201,7 +209,7 @@ class Gateway:
         current = self._state
         try:
             discovered = self._carry_discovered(current, loaded.config) if current else {}
-            new = build_state(loaded, discovered, self.connector)
+            new = build_state(loaded, discovered, self.connector, self.stores)
         except Exception as exc:  # a reload must never take the watcher down
             log.exception("building the state for %s failed", self.config_path)
             # Only the type: an exception's text may hold a value from the file.
@@ -259,3 +267,4 @@ class Gateway:
     async def aclose(self) -> None:
         if self._state is not None:
             await self._state.providers.aclose()
+        await self.stores.aclose()

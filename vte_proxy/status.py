@@ -5,7 +5,8 @@ Everything here is guarded by HTTP Basic (any user name, a key with ``status: tr
 password). Keys are shown by name only; upstream URLs by host only.
 
 Request and token totals come from the metrics, so with ``--workers N`` they cover every
-worker; the live log and the providers' recent error rates are those of the worker that
+worker; each key's use of its limits and budget comes from the limits store (with ``redis``:
+every worker and replica); the live log and the providers' recent error rates are those of the worker that
 serves the page.
 """
 
@@ -106,8 +107,16 @@ class StatusPage:
         denied = authenticate_status(self.gateway.state, request.headers)
         if denied is not None:
             return denied
-        return Response(orjson.dumps(self.snapshot()), media_type="application/json",
+        snapshot = self.snapshot()
+        await self._key_limits(snapshot["keys"])
+        return Response(orjson.dumps(snapshot), media_type="application/json",
                         headers={"cache-control": "no-store"})
+
+    async def _key_limits(self, keys: list[dict[str, Any]]) -> None:
+        """Each key's use of its own limits and budget, as the (shared) store counts them."""
+        limiter = self.gateway.state.limiter
+        for key in keys:
+            key["limits"] = await limiter.key_usage(key["name"])
 
     async def events(self, request: Request) -> Response:
         denied = authenticate_status(self.gateway.state, request.headers)

@@ -156,7 +156,7 @@ def test_status_json_shows_names_hosts_and_totals_never_secrets(gw: GatewayProce
     assert s["totals"]["errors"] - before["totals"]["errors"] == 1
     assert [k["name"] for k in s["keys"]] == ["team", "limited", "admin"]
     assert {k["name"]: k["status"] for k in s["keys"]} == {"team": False, "limited": False, "admin": True}
-    assert s["keys"][1]["models"] == ["demo/*"] and set(s["keys"][0]) == {"name", "status", "models"}
+    assert s["keys"][1]["models"] == ["demo/*"] and set(s["keys"][0]) == {"name", "status", "models", "limits"}
     log = s["log"]
     assert log[0]["model"] == "nope/<i>junk</i>" and log[0]["status"] == 404  # newest first
     assert [e["model"] for e in log[1:4]] == ["up/gpt-4o", "up/gpt-4o", "demo/echo"]

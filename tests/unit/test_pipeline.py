@@ -29,6 +29,7 @@ from tests.support import (
 )
 from vte_proxy.auth import ClientKey
 from vte_proxy.errors import GatewayError, UpstreamError
+from vte_proxy.limits import Ticket
 from vte_proxy.loader import load_config
 from vte_proxy.pipeline import Request, dispatch, resolve, upstream_streams
 from vte_proxy.record import RequestRecord
@@ -65,9 +66,13 @@ class Tracker:
         self.record = RequestRecord.start("chat/completions")
         self.sent: list[str] = []
         self.span = None  # tracing off (tests/unit/test_tracing.py and e2e/test_tracing.py trace)
+        self.tickets: list[Ticket] = []
 
     def dispatched(self, provider: str) -> None:
         self.sent.append(provider)
+
+    def admitted(self, ticket: Ticket) -> None:
+        self.tickets.append(ticket)
 
 
 @pytest.fixture
