@@ -26,6 +26,7 @@ CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
 TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
 CONTENT_KEY = "sk-content-key-0000"
+TINY_KEY = "sk-tiny-key-000000"
 FAST = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
 
 
@@ -41,6 +42,9 @@ def config(upstream_url: str, telemetry: str = "") -> str:
             key: {CONTENT_KEY}
             trace_content: true
             status: true
+          - name: tiny
+            key: {TINY_KEY}
+            limits: {{rpm: 1}}
         providers:
           - name: up
             type: openai
@@ -208,6 +212,20 @@ def test_errors_before_any_upstream_have_a_server_span_only(
     assert server.kind == "server" and server.status == "unset"
     assert server.attributes["error.type"] == "model_not_found"
     assert server.attributes["http.response.status_code"] == 404 and not up.requests
+
+
+def test_a_request_refused_by_a_limit_has_its_code_and_no_attempt(
+        traced: GatewayProcess, up: ScriptedUpstream, collector: tuple[OtlpReceiver, str]) -> None:
+    rx, _ = collector
+    chat(traced, TINY_KEY, model="up/gpt-4o")
+    trace = "3" * 32
+    with pytest.raises(openai.RateLimitError):
+        chat(traced, TINY_KEY, model="up/gpt-4o", extra_headers={"traceparent": f"00-{trace}-{'4' * 16}-01"})
+    (server,) = trace_spans(rx, trace, 1)
+    assert server.attributes["error.type"] == "rate_limited" and server.attributes["vte.key"] == "tiny"
+    assert server.attributes["http.response.status_code"] == 429 and server.status == "unset"
+    time.sleep(0.2)
+    assert len(rx.by_trace(trace)) == 1 and len(up.requests) == 1  # no attempt: no upstream call
 
 
 def test_a_reload_that_changes_telemetry_takes_effect(
