@@ -175,6 +175,10 @@ class ScriptedUpstream:
         self.models_status = 200
         self.open_streams = 0
         self.closed_streams = 0
+        # Upstream keys (the Bearer token) answered with this reply on every path (a pool key
+        # the upstream rejects or rate-limits), whatever the script says.
+        self.key_replies: dict[str, Reply] = {}
+        self.delay = 0.0  # before every unscripted answer (a slow upstream)
         routes = [Route("/v1/models", self._models, methods=["GET"]),
                   Route("/v1/{endpoint:path}", self._handle, methods=["POST"])]
         self._server = AppServer(Starlette(routes=routes))
@@ -202,8 +206,17 @@ class ScriptedUpstream:
                 return r
         raise AssertionError(f"no request to {path}")
 
+    def _key_reply(self, request: Request) -> Response | None:
+        reply = self.key_replies.get(request.headers.get("authorization", "").removeprefix("Bearer "))
+        if reply is None:
+            return None
+        return Response(json.dumps(reply.body).encode(), status_code=reply.status, headers=reply.headers,
+                        media_type="application/json")
+
     async def _models(self, request: Request) -> Response:
         self.requests.append(Received("GET", request.url.path, dict(request.headers), None))
+        if (keyed := self._key_reply(request)) is not None:
+            return keyed
         if self.models_status != 200:
             return JSONResponse({"error": {"message": "down"}}, status_code=self.models_status)
         return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 1, "owned_by": "up"}
@@ -216,8 +229,12 @@ class ScriptedUpstream:
         except ValueError:
             body = raw
         self.requests.append(Received("POST", request.url.path, dict(request.headers), body))
+        if (keyed := self._key_reply(request)) is not None:
+            return keyed
         behaviour = self.script.popleft() if self.script else None
         if behaviour is None:
+            if self.delay:
+                await asyncio.sleep(self.delay)
             behaviour = self._default(request.path_params["endpoint"], body)
         if isinstance(behaviour, Hang):
             await asyncio.sleep(behaviour.seconds)
@@ -460,3 +477,65 @@ def in_process_gateway(tmp_path: Path, config_text: str, connector: Any = loopba
     app: Any = create_app(str(path), connector=connector, **create_app_kw)
     with serve_app_in_thread(app, lifespan="on") as server:
         yield InProcessGateway(server.url, path, app, app.gateway, app.accounting)
+
+
+# ---------------------------------------------------------------- an outbound proxy
+class ForwardProxy:
+    """A tiny HTTP forward proxy on loopback (plain http:// targets, one request per
+    connection): records each request line and its Proxy-Authorization, then relays it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.seen: list[tuple[str, str | None]] = []  # (request line, Proxy-Authorization)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+
+    def start(self) -> ForwardProxy:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port), self._loop).result(5)
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, target, version = head[0].split(" ")
+            headers = [h.split(":", 1) for h in head[1:] if h]
+            auth = next((v.strip() for k, v in headers if k.lower() == "proxy-authorization"), None)
+            self.seen.append((head[0], auth))
+            url = httpx.URL(target)
+            length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+            body = await reader.readexactly(length) if length else b""
+            kept = [f"{k}:{v}" for k, v in headers if k.lower() not in ("proxy-authorization", "connection")]
+            request = "\r\n".join([f"{method} {url.raw_path.decode()} {version}", *kept, "Connection: close", "", ""])
+            up_reader, up_writer = await asyncio.open_connection(url.host, url.port)
+            up_writer.write(request.encode("latin-1") + body)
+            await up_writer.drain()
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            up_writer.close()
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@contextlib.contextmanager
+def forward_proxy() -> Iterator[ForwardProxy]:
+    proxy = ForwardProxy().start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

@@ -1,4 +1,4 @@
-"""The command line: ``vte-proxy serve | check | schema``."""
+"""The command line: ``vte-proxy serve | check | schema | probe``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import orjson
 from vte_proxy import __version__
 from vte_proxy.config import GatewayConfig, LimitSet, ServerConfig
 from vte_proxy.loader import ConfigError, LoadedConfig, load_config
+from vte_proxy.routing import Entry
 from vte_proxy.settings import Settings
 
 
@@ -32,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--allow-missing-env", action="store_true",
                        help="warn about unset ${VAR}s instead of failing (CI without the secrets)")
     sub.add_parser("schema", help="print the JSON Schema of gateway.yaml")
+    probe = sub.add_parser("probe", help="test the connection to providers (every key of a pool): a models list "
+                           "and a one-token chat; exit 1 if any failed")
+    probe.add_argument("--config", help="gateway.yaml (env VTE_CONFIG; default ./gateway.yaml)")
+    probe.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="longest wait for each answer (default: the provider's timeouts)")
+    probe.add_argument("targets", nargs="*", metavar="PROVIDER[/MODEL]",
+                       help="providers to probe (default: all), optionally the model to chat with")
     return ap
 
 
@@ -41,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.path, args.allow_missing_env)
     if args.command == "schema":
         return schema()
+    if args.command == "probe":
+        return probe(args.config or Settings().config, args.targets, args.timeout)
     overrides = {k: v for k, v in vars(args).items() if k in ("config", "host", "port", "workers") and v is not None}
     return serve(Settings(**overrides))
 
@@ -72,7 +82,7 @@ def _print_routing(config: GatewayConfig) -> None:
     width = max((len(n) for n in table.entries), default=10)
     for entry in table.entries.values():
         if entry.route:
-            print(f"  {entry.name:<{width}}  -> route: {', '.join(t.exposed for t in entry.targets)}")
+            print(f"  {entry.name:<{width}}  -> {_route_summary(entry)}")
         else:
             t = entry.targets[0]
             print(f"  {entry.name:<{width}}  -> {t.provider}: {t.upstream_model}")
@@ -108,6 +118,16 @@ def limits_summary(config: GatewayConfig) -> list[str]:
     return lines
 
 
+def _route_summary(entry: Entry) -> str:
+    """``route: a, b`` (fallback), ``route (weighted): a x3, b x1``, ``route (latency): a, b``."""
+    if entry.strategy == "weighted":
+        targets = [f"{t.exposed} x{w:g}" for t, w in zip(entry.targets, entry.weights, strict=False)]
+    else:
+        targets = [t.exposed for t in entry.targets]
+    how = "" if entry.strategy == "fallback" else f" ({entry.strategy})"
+    return f"route{how}: {', '.join(targets)}"
+
+
 def schema() -> int:
     from vte_proxy.config import GatewayConfig
 
@@ -129,6 +149,30 @@ def _warn_memory_store(settings: Settings, config: GatewayConfig) -> None:
         logging.getLogger("vte_proxy.limits").warning(
             "limits.store is memory with %d workers: each worker counts on its own, so every limit and budget "
             "is multiplied by %d; use store: redis", settings.workers, settings.workers)
+
+
+def probe(path: str, targets: list[str], timeout: float | None = None) -> int:
+    """Call each selected provider with every upstream key; 0 when every check passed."""
+    import asyncio
+
+    from vte_proxy.probe import ProbeError, report
+    from vte_proxy.probe import probe as run_probe
+
+    try:
+        config = load_config(path).config
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.issues)} error(s)", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    try:
+        checks = asyncio.run(run_probe(config, targets, wait_limit=timeout))
+    except ProbeError as exc:
+        print(f"vte-proxy probe: {exc}", file=sys.stderr)
+        return 1
+    for line in report(checks):
+        print(line)
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def serve(settings: Settings) -> int:

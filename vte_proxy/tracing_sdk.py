@@ -416,10 +416,13 @@ class RequestSpan:
             if self._answering is not None:
                 self._answering.span.set_attributes(attributes)
 
-    def usage(self, usage: dict[str, Any]) -> None:
-        """The usage accounting got at the end (streams); a JSON answer already brought its own."""
+    def usage(self, usage: dict[str, Any], estimated: bool = False) -> None:
+        """The usage accounting got at the end (streams; a JSON answer already brought its
+        own). ``estimated``: the upstream reported none, the gateway counted (``vte.usage_estimated``)."""
         if not self._has_usage:
             self.result(usage=usage)
+            if estimated:
+                self.span.set_attribute("vte.usage_estimated", True)
 
     def observe(self, answer: Answer) -> Answer:
         """The upstream's answer, watched for the response facts before shaping renames its

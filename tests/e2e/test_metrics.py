@@ -174,7 +174,7 @@ def test_requests_by_code_with_unknown_models_collapsed(s: Stack) -> None:
         assert secret not in after.text
 
 
-def test_answers_without_usage_are_counted_not_guessed(s: Stack) -> None:
+def test_answers_without_usage_are_counted_and_estimated(s: Stack) -> None:
     gw = s.gateway
     bare = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
@@ -185,7 +185,9 @@ def test_answers_without_usage_are_counted_not_guessed(s: Stack) -> None:
     assert chat(gw, "up/gpt-4o", stream=True).status_code == 200
     after = scrape(gw.url)
     assert delta(before, after, "vte_usage_missing_total", provider="up") == 2
-    assert delta(before, after, "vte_tokens_total") == 0
+    assert delta(before, after, "vte_usage_estimated_total", provider="up") == 2  # estimated offline, marked
+    assert delta(before, after, "vte_tokens_total", type="completion") == 2  # "hi" twice
+    assert delta(before, after, "vte_tokens_total", type="prompt") > 0
     assert delta(before, after, "vte_requests_total", code="200", model="up/gpt-4o") == 2
 
 

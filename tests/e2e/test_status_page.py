@@ -135,7 +135,7 @@ def test_status_json_shows_names_hosts_and_totals_never_secrets(gw: GatewayProce
     assert set(providers) == {"up", "demo", "lab"}
     assert providers["up"] | {"recent_requests": 0, "recent_errors": 0, "error_rate": 0.0} == {
         "name": "up", "type": "openai", "prefix": "up", "host": "127.0.0.1", "models": 2, "stream_mode": "auto",
-        "discovery": None, "recent_requests": 0, "recent_errors": 0, "error_rate": 0.0}
+        "discovery": None, "recent_requests": 0, "recent_errors": 0, "error_rate": 0.0, "upstream_keys": None}
     assert providers["demo"]["host"] is None
     assert providers["lab"]["discovery"]["last_ok"] is not None and providers["lab"]["models"] == 2
     models = {m["id"]: m for m in s["models"]}
@@ -215,7 +215,7 @@ def test_page_in_headless_chromium(gw: GatewayProcess, tmp_path: Path) -> None:
             expect(providers).to_contain_text("built in")
             for name in ("up/gpt-4o", "up/gpt-4o-mini", "demo/echo", "lab/gpt-4o", "smart"):
                 expect(models.get_by_text(name, exact=True)).to_be_visible()
-            expect(models).to_contain_text("route → up/gpt-4o, demo/echo")
+            expect(models).to_contain_text("route (fallback) → up/gpt-4o, demo/echo")
             expect(page.locator("#keys")).to_contain_text("limited")
             expect(page.locator("#hash")).to_have_text(httpx.get(gw.url + "/status.json", headers=basic(ADMIN_KEY))
                                                        .json()["config"]["hash"])

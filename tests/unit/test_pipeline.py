@@ -65,14 +65,17 @@ class Tracker:
     def __init__(self) -> None:
         self.record = RequestRecord.start("chat/completions")
         self.sent: list[str] = []
-        self.span = None  # tracing off (tests/unit/test_tracing.py and e2e/test_tracing.py trace)
         self.tickets: list[Ticket] = []
+        self.routes: list[tuple[str, str]] = []
 
     def dispatched(self, provider: str) -> None:
         self.sent.append(provider)
 
     def admitted(self, ticket: Ticket) -> None:
         self.tickets.append(ticket)
+
+    def routed(self, route: str, target: str) -> None:
+        self.routes.append((route, target))
 
 
 @pytest.fixture

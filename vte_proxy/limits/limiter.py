@@ -349,18 +349,26 @@ class Ticket:
         return self.target == _Target(model, provider)
 
     async def attempt(self, model: str, provider: str) -> None:
-        """Fall-over to another target: reserve its model and provider limits, give back the
-        previous target's concurrency and tokens (its request stays counted: it was sent)."""
+        """Fall-over to another target: reserve its model and provider limits, then give back the
+        previous target's concurrency and tokens (its request stays counted: it was sent). A
+        full target raises LimitExceeded and leaves the ticket as it was."""
         target = _Target(model, provider)
         if target == self.target or self.settled:
             return
         now = self.limiter.clock()
-        previous = [(c, u) for c, u in zip(self.checks, self.used, strict=True) if c.scope in ("model", "provider")]
+        saved = self.checks, self.used, self.target
+        pairs = list(zip(self.checks, self.used, strict=True))
+        previous = [c for c, _ in pairs if c.scope in ("model", "provider")]
         fresh = list(self.limiter._target_checks(model, provider, self.estimate, now))
-        self.checks = [c for c in self.checks if c.scope not in ("model", "provider")]
-        self.used = self.used[:len(self.checks)]
-        await self._apply(self._give_back([c for c, _ in previous], None, now), now)
-        await self.hold(fresh, target, now)
+        self.checks = [c for c, _ in pairs if c.scope not in ("model", "provider")]
+        self.used = [u for c, u in pairs if c.scope not in ("model", "provider")]
+        try:
+            await self.hold(fresh, target, now)
+        except LimitExceeded:
+            # A full target is skipped: the ticket keeps what it held (nothing given back yet).
+            self.checks, self.used, self.target = saved
+            raise
+        await self._apply(self._give_back(previous, None, now), now)
 
     async def settle(self, usage: Usage | None) -> None:
         """End of the exchange: tokens settled to ``usage`` (``None``: nothing was used, all
