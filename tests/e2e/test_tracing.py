@@ -214,6 +214,23 @@ def test_errors_before_any_upstream_have_a_server_span_only(
     assert server.attributes["http.response.status_code"] == 404 and not up.requests
 
 
+def test_an_anthropic_messages_request_is_traced_too(
+        traced: GatewayProcess, up: ScriptedUpstream, collector: tuple[OtlpReceiver, str]) -> None:
+    rx, _ = collector
+    trace = "5" * 32
+    r = httpx.post(traced.url + "/v1/messages", headers={"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01",
+                                                          "traceparent": f"00-{trace}-{'6' * 16}-01"},
+                   json={"model": "up/gpt-4o", "max_tokens": 30, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and r.json()["type"] == "message"
+    spans = trace_spans(rx, trace, 2)
+    server = next(s for s in spans if s.kind == "server")
+    attempt = next(s for s in spans if s.kind == "client")
+    assert server.name == "POST /v1/messages" and server.attributes["gen_ai.operation.name"] == "chat"
+    assert server.attributes["gen_ai.request.max_tokens"] == 30
+    assert server.attributes["gen_ai.usage.input_tokens"] == 7 and attempt.parent_span_id == server.span_id
+    assert up.last().headers["traceparent"] == f"00-{trace}-{attempt.span_id}-01"
+
+
 def test_a_request_refused_by_a_limit_has_its_code_and_no_attempt(
         traced: GatewayProcess, up: ScriptedUpstream, collector: tuple[OtlpReceiver, str]) -> None:
     rx, _ = collector
