@@ -29,6 +29,7 @@ from vte_proxy.record import RequestRecord
 from vte_proxy.routing import Entry, Target
 from vte_proxy.shaping import Plan, Reply, shape
 from vte_proxy.state import GatewayState
+from vte_proxy.tracing import KEY_TRIES
 
 if TYPE_CHECKING:  # the SDK side of tracing is imported only when tracing is on
     from vte_proxy.tracing_sdk import AttemptSpan, RequestSpan
@@ -296,7 +297,7 @@ async def _attempts(state: GatewayState, target: Target, request: Request) -> An
     for attempt in range(retries + 1):
         traced = None if span is None else _traced(span, provider, call, request)
         try:
-            answer = await provider.send(call)
+            answer = await (provider.send(call) if traced is None else _send_traced(provider, call, traced))
         except UpstreamError as exc:
             if traced is not None:
                 traced.failed(exc.status, exc.reason)
@@ -316,6 +317,15 @@ def _may_retry(exc: UpstreamError, target: Target) -> bool:
     # A pool without a usable key stays so for a while: no point trying it again now.
     again = exc.reason not in ("status", "keys") or exc.status in RETRY_STATUSES
     return exc.retryable and again
+
+
+async def _send_traced(provider: Provider, call: Call, traced: AttemptSpan) -> Answer:
+    """``provider.send`` with the attempt visible to an upstream key pool (each key a span)."""
+    token = KEY_TRIES.set(traced)
+    try:
+        return await provider.send(call)
+    finally:
+        KEY_TRIES.reset(token)
 
 
 def _traced(span: RequestSpan, provider: Provider, call: Call, request: Request) -> AttemptSpan:

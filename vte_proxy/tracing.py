@@ -37,8 +37,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
 from vte_proxy.config import TelemetryConfig
@@ -47,6 +48,21 @@ if TYPE_CHECKING:  # the SDK is imported only when tracing is on
     from vte_proxy.tracing_sdk import Tracer
 
 log = logging.getLogger("vte_proxy.tracing")
+
+
+class KeyTries(Protocol):
+    """The attempt being sent, as an upstream key pool sees it (one span per key it tries)."""
+
+    def key(self, name: str, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """Sending with key ``name``: the headers to send (a new trace context after a failed key)."""
+
+    def key_failed(self, status: int) -> None:
+        """That key was refused (429, 401, 403); another may follow."""
+
+
+# Set by the pipeline around each traced attempt (never while tracing is off), read by the
+# upstream's key pool: a context variable, because the pool sits below the provider's own call.
+KEY_TRIES: ContextVar[KeyTries | None] = ContextVar("vte_key_tries", default=None)
 
 DEFAULT_ENDPOINT = "http://localhost:4318"
 TRACES_PATH = "/v1/traces"

@@ -349,21 +349,25 @@ class RequestSpan:
                 stream: bool = False, base_url: str | None = None,
                 upstream_key: str | None = None) -> AttemptSpan:
         """A client span for one try at one upstream (retries and fall-overs each get one)."""
-        self._attempts += 1
         attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": self.operation, "gen_ai.provider.name": PROVIDER_NAMES.get(provider_type,
                                                                                                 provider_type),
-            "gen_ai.request.model": upstream_model, "gen_ai.request.stream": stream, "vte.provider": provider,
-            "vte.attempt": self._attempts}
+            "gen_ai.request.model": upstream_model, "gen_ai.request.stream": stream, "vte.provider": provider}
         if target:
             attributes["vte.target"] = target
         if base_url:
             attributes["server.address"], attributes["server.port"] = server_of(base_url)
         if upstream_key:
             attributes["vte.upstream_key"] = upstream_key
-        span, headers = self._tracer.child(self.span, f"{self.operation} {upstream_model}", attributes)
-        self._last = AttemptSpan(self, span, headers, provider, provider_type)
+        name = f"{self.operation} {upstream_model}"
+        span, headers = self.child(name, attributes)
+        self._last = AttemptSpan(self, span, headers, provider, provider_type, name, attributes)
         return self._last
+
+    def child(self, name: str, attributes: dict[str, AttributeValue]) -> tuple[Span, dict[str, str]]:
+        """A new attempt span (numbered over the request) and its upstream headers."""
+        self._attempts += 1
+        return self._tracer.child(self.span, name, {**attributes, "vte.attempt": self._attempts})
 
     def answered_by(self, attempt: AttemptSpan) -> None:
         self._answering = attempt
@@ -488,18 +492,40 @@ class RequestSpan:
 
 class AttemptSpan:
     """One try at one upstream. ``headers`` go to that upstream (``traceparent``, and
-    ``tracestate`` when the trace has one)."""
+    ``tracestate`` when the trace has one).
 
-    __slots__ = ("_ended", "_request", "headers", "provider", "provider_type", "span")
+    With an upstream key pool, one try may send the request several times (another key after
+    a 429, 401 or 403): :meth:`key` and :meth:`key_failed` (the :class:`~vte_proxy.tracing.KeyTries`
+    the upstream finds in :data:`~vte_proxy.tracing.KEY_TRIES`) make each key's request a span of
+    its own, this object then standing for the latest."""
+
+    __slots__ = ("_attributes", "_ended", "_name", "_request", "headers", "provider", "provider_type", "span")
 
     def __init__(self, request: RequestSpan, span: Span, headers: dict[str, str], provider: str,
-                 provider_type: str) -> None:
+                 provider_type: str, name: str = "", attributes: dict[str, AttributeValue] | None = None) -> None:
         self._request = request
         self.span = span
         self.headers = headers
         self.provider = provider
         self.provider_type = provider_type
+        self._name = name
+        self._attributes = attributes or {}
         self._ended = False
+
+    def key(self, name: str, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """The key pool sends this try with upstream key ``name`` (its name from the config):
+        noted on the span; after a failed key, a new span whose trace context the returned
+        headers carry."""
+        if self._ended:
+            self.span, self.headers = self._request.child(self._name, self._attributes)
+            self._ended = False
+            headers = {**headers, **self.headers}
+        self.span.set_attribute("vte.upstream_key", name)
+        return headers
+
+    def key_failed(self, status: int) -> None:
+        """The last key was refused (429, 401, 403): its span ends; the pool tries another."""
+        self.failed(status, "status")
 
     def answered(self, status: int = 200) -> None:
         """The upstream answered: this attempt carries the answer, and ends with the request."""

@@ -27,6 +27,7 @@ CLIENT_SPAN = "b7ad6b7169203331"
 TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
 CONTENT_KEY = "sk-content-key-0000"
 TINY_KEY = "sk-tiny-key-000000"
+POOL_KEYS = {"k1": "sk-pool-SECRET-1111", "k2": "sk-pool-SECRET-2222"}
 FAST = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
 
 
@@ -58,6 +59,12 @@ def config(upstream_url: str, telemetry: str = "") -> str:
             base_url: {upstream_url}
             api_key: ${{TEST_UPSTREAM_KEY}}
             prefix: spare
+            models: [gpt-4o]
+          - name: pool
+            type: openai
+            base_url: {upstream_url}
+            api_keys: [{{name: k1, key: {POOL_KEYS["k1"]}}}, {{name: k2, key: {POOL_KEYS["k2"]}}}]
+            prefix: pool
             models: [gpt-4o]
         routes:
           - name: smart
@@ -229,6 +236,27 @@ def test_an_anthropic_messages_request_is_traced_too(
     assert server.attributes["gen_ai.request.max_tokens"] == 30
     assert server.attributes["gen_ai.usage.input_tokens"] == 7 and attempt.parent_span_id == server.span_id
     assert up.last().headers["traceparent"] == f"00-{trace}-{attempt.span_id}-01"
+
+
+def test_each_key_a_pool_tries_is_an_attempt_span(
+        traced: GatewayProcess, up: ScriptedUpstream, collector: tuple[OtlpReceiver, str]) -> None:
+    rx, _ = collector
+    up.push(Reply({"error": {"message": "slow down"}}, 429, headers={"retry-after": "1"}))
+    trace = "7" * 32
+    answer = chat(traced, model="pool/gpt-4o", extra_headers={"traceparent": f"00-{trace}-{'8' * 16}-01"})
+    assert answer.choices[0].message.content == "Hello world"
+    spans = trace_spans(rx, trace, 3)
+    server = next(s for s in spans if s.kind == "server")
+    first, second = sorted((s for s in spans if s.kind == "client"), key=lambda s: s.attributes["vte.attempt"])
+    assert first.parent_span_id == second.parent_span_id == server.span_id
+    assert first.attributes["http.response.status_code"] == 429 and first.status == "error"
+    assert second.status == "unset" and second.attributes["gen_ai.usage.output_tokens"] == 3
+    keys = {first.attributes["vte.upstream_key"], second.attributes["vte.upstream_key"]}
+    assert keys == {"k1", "k2"}
+    sent = up.requests[-2:]
+    assert [r.headers["traceparent"] for r in sent] == [f"00-{trace}-{s.span_id}-01" for s in (first, second)]
+    assert {r.headers["authorization"] for r in sent} == {f"Bearer {k}" for k in POOL_KEYS.values()}
+    assert "SECRET" not in json.dumps([s.attributes for s in spans])
 
 
 def test_a_request_refused_by_a_limit_has_its_code_and_no_attempt(

@@ -535,3 +535,25 @@ async def test_answers_of_odd_shapes_never_fail_a_request(receiver: tuple[OtlpRe
         assert [batch async for batch in stream.events]
         rs.end(200)
     rx.wait_for(lambda s: len(s) >= 2 * len(odd))
+
+
+def test_each_key_of_a_pool_is_its_own_attempt_span(receiver: tuple[OtlpReceiver, str]) -> None:
+    from vte_proxy.tracing import KEY_TRIES
+
+    assert KEY_TRIES.get() is None  # nothing set while nobody traces
+    rx, url = receiver
+    tracer = tracing_to(url).current
+    assert tracer is not None
+    rs = tracer.request("POST", "/v1/chat/completions", "chat/completions", {})
+    attempt = rs.attempt("pool", "openai", "gpt-4o")
+    first = attempt.key("k1", {"traceparent": attempt.headers["traceparent"], "x": "1"})
+    assert first["traceparent"] == attempt.headers["traceparent"]  # the first key: the attempt's own span
+    attempt.key_failed(429)
+    second = attempt.key("k2", first)
+    assert second["x"] == "1" and second["traceparent"] != first["traceparent"]
+    attempt.answered()
+    rs.end(200)
+    spans = rx.wait_for(lambda s: len(s) >= 3)
+    clients = sorted((s for s in spans if s.kind == "client"), key=lambda s: s.attributes["vte.attempt"])
+    assert [(c.attributes["vte.upstream_key"], c.status) for c in clients] == [("k1", "error"), ("k2", "unset")]
+    assert second["traceparent"].split("-")[2] == clients[1].span_id
