@@ -16,6 +16,9 @@ export thread included), so a busy machine disturbs it less than wall-clock time
            the first export is still retrying (up to 10 s), so the queue fills and the requests
            after that are not traced
 
+``--bytecodes`` counts the Python bytecodes one request executes instead (exact and
+repeatable, whatever else the machine does; C code such as the JSON codec is not counted).
+
 Compare ``off`` with the same script run against another checkout (``PYTHONPATH=/path/to/it``)
 to see what the tracing hooks cost when tracing is off:
 
@@ -120,7 +123,30 @@ async def wait_until_down(driver: Driver) -> None:
         await asyncio.sleep(0.05)
 
 
-async def measure(mode: str, requests: int, rounds: int) -> dict[str, float]:
+class BytecodeCounter:
+    """Counts the bytecodes executed while active (sys.settrace with opcode events)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def trace(self, frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            self.count += 1
+        return self.trace
+
+
+async def bytecodes(driver: Driver, body: bytes) -> int:
+    counter = BytecodeCounter()
+    sys.settrace(counter.trace)
+    try:
+        await driver.request(body)
+    finally:
+        sys.settrace(None)
+    return counter.count
+
+
+async def measure(mode: str, requests: int, rounds: int, count: bool = False) -> dict[str, float]:
     from vte_proxy.app import create_app
 
     os.environ.update(ENV.get(mode, {}))
@@ -136,6 +162,9 @@ async def measure(mode: str, requests: int, rounds: int) -> dict[str, float]:
                 assert await driver.request(body) == 200
             if mode == "down":
                 await wait_until_down(driver)
+            if count:  # the smallest of a few (a probe request, when down, costs more)
+                out[name] = out[name + "_median"] = float(min([await bytecodes(driver, body) for _ in range(5)]))
+                continue
             times = []
             for _ in range(rounds):
                 started = time.process_time()  # CPU time: what other processes on the machine do not add
@@ -155,11 +184,17 @@ def main() -> None:
     parser.add_argument("mode", choices=["off", "ratio0", "on", "down", "dead"])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--bytecodes", action="store_true", help="count bytecodes per request instead of timing")
     args = parser.parse_args()
     for name in [k for k in os.environ if k.startswith("OTEL_")]:
         del os.environ[name]
-    result = asyncio.run(measure(args.mode, args.requests, args.rounds))
+    result = asyncio.run(measure(args.mode, args.requests, args.rounds, args.bytecodes))
     import vte_proxy
+
+    if args.bytecodes:
+        print(f"{args.mode:7s} {os.path.dirname(vte_proxy.__file__)}: json {result['json']:.0f} bytecodes/request, "
+              f"stream {result['stream']:.0f} bytecodes/request")
+        return
 
     print(f"{args.mode:7s} {os.path.dirname(vte_proxy.__file__)}: json {result['json']:.1f} us/request "
           f"(median {result['json_median']:.1f}), stream {result['stream']:.1f} us/request "
