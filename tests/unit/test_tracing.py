@@ -475,7 +475,7 @@ async def test_a_streamed_answer_is_watched_for_its_facts_and_content(receiver: 
 
 
 def test_message_shapes() -> None:
-    from vte_proxy.tracing_sdk import input_messages, output_messages
+    from vte_proxy.tracing_content import input_messages, output_messages
 
     assert input_messages({"prompt": "once upon"}) == [{"role": "user", "parts": [{"type": "text",
                                                                                    "content": "once upon"}]}]
