@@ -186,15 +186,19 @@ def resolve(config: TelemetryConfig, env: Mapping[str, str]) -> TraceSettings | 
     )
 
 
+def where(endpoint: str) -> str:
+    """A collector URL as logs and pages show it: scheme, host and port only (never URL
+    credentials, or a path or query that might hold a token)."""
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
 def describe(settings: TraceSettings | None) -> str:
-    """For the log and the status page: where spans go (scheme, host and port only: never a
-    header, URL credentials or a path that might hold a token)."""
+    """For the log and the status page: where spans go, never a header value."""
     if settings is None:
         return "off"
-    parts = urlsplit(settings.endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"OTLP/HTTP to {parts.scheme}://{parts.hostname}:{port}, " \
-           f"sample ratio {settings.sample_ratio:g}, service.name {settings.service_name}"
+    return f"OTLP/HTTP to {where(settings.endpoint)}, sample ratio {settings.sample_ratio:g}, " \
+           f"service.name {settings.service_name}"
 
 
 class Tracing:

@@ -44,7 +44,7 @@ from opentelemetry.util.types import AttributeValue
 from vte_proxy import __version__, metrics
 from vte_proxy.providers.base import Answer, EventBatches, JsonAnswer
 from vte_proxy.sse import data_of
-from vte_proxy.tracing import TraceSettings
+from vte_proxy.tracing import TraceSettings, where
 from vte_proxy.tracing_content import StreamContent, input_messages, output_messages
 
 log = logging.getLogger("vte_proxy.tracing")
@@ -69,7 +69,7 @@ class CountingExporter(SpanExporter):
 
     def __init__(self, inner: SpanExporter, endpoint: str) -> None:
         self.inner = inner
-        self.endpoint = endpoint
+        self.endpoint = endpoint  # as logs show it: scheme, host and port (tracing.where)
         self.taken = 0  # spans handed to export (written by the export thread only)
         self.down = False
         self.failed_at = 0.0  # monotonic time of the last failed export
@@ -153,7 +153,7 @@ def build_provider(settings: TraceSettings) -> tuple[TracerProvider, CountingPro
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)), resource=resource,
                               shutdown_on_exit=False)  # shut down by the gateway, bounded; never at exit
     exporter = CountingExporter(OTLPSpanExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
-                                                 timeout=settings.timeout), settings.endpoint)
+                                                 timeout=settings.timeout), where(settings.endpoint))
     batch = BatchSpanProcessor(exporter, max_queue_size=settings.max_queue_size,
                                schedule_delay_millis=settings.schedule_delay * 1000,
                                max_export_batch_size=min(settings.max_batch_size, settings.max_queue_size))

@@ -557,3 +557,11 @@ def test_each_key_of_a_pool_is_its_own_attempt_span(receiver: tuple[OtlpReceiver
     clients = sorted((s for s in spans if s.kind == "client"), key=lambda s: s.attributes["vte.attempt"])
     assert [(c.attributes["vte.upstream_key"], c.status) for c in clients] == [("k1", "error"), ("k2", "unset")]
     assert second["traceparent"].split("-")[2] == clients[1].span_id
+
+
+def test_logs_and_pages_name_the_collector_without_path_query_or_credentials() -> None:
+    from vte_proxy.tracing import describe, where
+
+    assert where("https://u:p@otlp.example.com/v1/traces?api-key=s3cr3t") == "https://otlp.example.com:443"
+    s = resolve(TelemetryConfig(), {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/t?token=s3cr3t"})
+    assert s is not None and "s3cr3t" not in describe(s) and describe(s).startswith("OTLP/HTTP to http://c:4318,")
