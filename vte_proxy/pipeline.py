@@ -14,7 +14,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vte_proxy import system_prompt
@@ -107,7 +107,9 @@ async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> R
         reply = await shape(answer, plan)
     else:
         reply = await ingress.shape(answer, plan, state.providers.providers[target.provider].config.type)
-    reply.headers.update(ticket.headers())
+    own = ticket.headers()
+    if own:  # the gateway's own limits apply: its x-ratelimit-* replace the upstream's, never mix with them
+        reply.headers = {k: v for k, v in reply.headers.items() if not k.startswith("x-ratelimit-")} | own
     return reply
 
 
@@ -130,9 +132,22 @@ def resolve(state: GatewayState, request: Request, rec: RequestRecord) -> Entry:
     rec.model = model
     if not request.key.allows(model):
         raise GatewayError(403, f"this key may not use model {model!r}", "model_not_allowed")
+    if entry.route:
+        entry = allowed_targets(entry, request.key)
     if not entry.targets:
         raise GatewayError(503, f"route {model!r} has no available target", "no_target")
     return entry
+
+
+def allowed_targets(route: Entry, key: ClientKey) -> Entry:
+    """``route`` with only the targets ``key`` may use itself: a route's name never lets a key
+    reach a model outside its allow-list (403 when none is left)."""
+    targets = tuple(t for t in route.targets if key.allows(t.exposed))
+    if len(targets) == len(route.targets):
+        return route
+    if not targets:
+        raise GatewayError(403, f"this key may not use any target of route {route.name!r}", "model_not_allowed")
+    return replace(route, targets=targets)
 
 
 def wants_usage(body: dict[str, Any]) -> bool:
@@ -295,7 +310,7 @@ async def _attempts(state: GatewayState, target: Target, request: Request) -> An
         call = prepared
     retries, span = provider.config.retries, request.span
     for attempt in range(retries + 1):
-        traced = None if span is None else _traced(span, provider, call, request)
+        traced = None if span is None else _traced(span, provider, call)
         try:
             answer = await (provider.send(call) if traced is None else _send_traced(provider, call, traced))
         except UpstreamError as exc:
@@ -328,7 +343,7 @@ async def _send_traced(provider: Provider, call: Call, traced: AttemptSpan) -> A
         KEY_TRIES.reset(token)
 
 
-def _traced(span: RequestSpan, provider: Provider, call: Call, request: Request) -> AttemptSpan:
+def _traced(span: RequestSpan, provider: Provider, call: Call) -> AttemptSpan:
     """The span of one attempt; the call carries its trace context upstream (the client's is
     replaced as a whole: a tracestate never outlives its traceparent)."""
     attempt = span.attempt(provider.name, provider.config.type, call.target.upstream_model,
