@@ -313,6 +313,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "serviceAccount": {"annotations": {"example.com/role": "vte"}},
         "tmpVolume": {"medium": "Memory"},
         "config": {"reloadStrategy": "rollout"},
+        "telemetry": {"enabled": True, "endpoint": "http://otel-collector.observability:4318",
+                      "headersSecret": {"name": "otlp", "key": "headers"},
+                      "resourceAttributes": {"deployment.environment.name": "prod"}},
     },
 }
 
@@ -439,6 +442,38 @@ def test_log_format_json_by_default(chart: helm_python.Chart) -> None:
     assert env["VTE_LOG_FORMAT"] == "json"
     env = {e["name"]: e.get("value") for e in container(render(chart, {"logging": {"format": "text"}}))["env"]}
     assert env["VTE_LOG_FORMAT"] == "text"
+
+
+def test_telemetry_is_off_by_default(chart: helm_python.Chart) -> None:
+    names = {e["name"] for e in container(render(chart))["env"]}
+    assert not {n for n in names if n.startswith("OTEL_")}
+
+
+def test_telemetry_sets_the_standard_otel_variables(chart: helm_python.Chart) -> None:
+    values = {"telemetry": {"enabled": True, "endpoint": "http://collector:4318", "sampleRatio": 0.25,
+                            "headersSecret": {"name": "otlp", "key": "headers"},
+                            "resourceAttributes": {"deployment.environment.name": "prod"}}}
+    chart.validate_schema(values)
+    env = {e["name"]: e for e in container(render(chart, values))["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://collector:4318"
+    assert env["OTEL_SERVICE_NAME"]["value"] == f"{RELEASE}-vte-proxy"
+    assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"] == {"secretKeyRef": {"name": "otlp", "key": "headers"}}
+    assert env["OTEL_RESOURCE_ATTRIBUTES"]["value"] == (
+        "k8s.pod.name=$(VTE_POD_NAME),k8s.namespace.name=$(VTE_POD_NAMESPACE),deployment.environment.name=prod")
+    names = list(env)  # Kubernetes expands $(VAR) only from variables defined before
+    assert names.index("VTE_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    named = {"telemetry": {"enabled": True, "endpoint": "http://c:4318", "serviceName": "gateway"}}
+    env = {e["name"]: e for e in container(render(chart, named))["env"]}
+    assert env["OTEL_SERVICE_NAME"]["value"] == "gateway" and "OTEL_EXPORTER_OTLP_HEADERS" not in env
+
+
+@pytest.mark.parametrize("bad", [{"enabled": True}, {"enabled": True, "endpoint": "collector:4318"},
+                                 {"endpoint": "http://user:pw@c:4318"}, {"sampleRatio": 2}, {"exporter": "grpc"}])
+def test_telemetry_mistakes_are_refused(chart: helm_python.Chart, bad: dict[str, Any]) -> None:
+    with pytest.raises(helm_python.HelmValuesError):
+        chart.validate_schema({"telemetry": bad})
 
 
 def test_no_secret_wiring_by_default(chart: helm_python.Chart) -> None:

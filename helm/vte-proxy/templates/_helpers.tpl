@@ -191,3 +191,39 @@ Checks that values cannot express in values.schema.json.
 {{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must exceed shutdown.preStopSleepSeconds (%d) + server.shutdown_grace (%ds), or Kubernetes kills streams that are still draining" $termination $preStop $grace) }}
 {{- end }}
 {{- end }}
+
+{{/*
+OpenTelemetry: the standard OTEL_* variables of the gateway container (telemetry.enabled).
+*/}}
+{{- define "vte-proxy.telemetryEnv" -}}
+{{- $t := .Values.telemetry -}}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ required "telemetry.endpoint is required when telemetry.enabled is true" $t.endpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ $t.serviceName | default (include "vte-proxy.fullname" .) | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.sampleRatio | toString | quote }}
+{{- if $t.headersSecret.name }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $t.headersSecret.name | quote }}
+      key: {{ required "telemetry.headersSecret.key is required with telemetry.headersSecret.name" $t.headersSecret.key | quote }}
+{{- end }}
+- name: VTE_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: VTE_POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- $attributes := list "k8s.pod.name=$(VTE_POD_NAME)" "k8s.namespace.name=$(VTE_POD_NAMESPACE)" }}
+{{- range $k, $v := $t.resourceAttributes }}
+{{- $attributes = append $attributes (printf "%s=%s" $k (toString $v)) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attributes | quote }}
+{{- end }}
