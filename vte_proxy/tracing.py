@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
-from vte_proxy.config import TelemetryConfig
+from vte_proxy.config_telemetry import TelemetryConfig
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is on
     from vte_proxy.tracing_sdk import Tracer

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vte_proxy import loader
-from vte_proxy.config import parse_duration
+from vte_proxy.config_base import parse_duration
 from vte_proxy.loader import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES, ConfigError, ConfigIssue, load_config, parse_config
 
 ENV = {"TEAM_KEY": "sk-team-from-env", "UP_KEY": "sk-upstream-from-env"}

@@ -22,7 +22,7 @@ from pydantic import SecretStr, ValidationError
 
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support import ROOT, chunk, completion, free_port
-from vte_proxy.config import TelemetryConfig
+from vte_proxy.config_telemetry import TelemetryConfig
 from vte_proxy.providers.base import EventBatches, JsonAnswer, StreamAnswer
 from vte_proxy.tracing import Tracing, resolve, traces_url
 

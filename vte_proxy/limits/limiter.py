@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple, Protocol
 
-from vte_proxy.config import GatewayConfig, KeyConfig, LimitSet
+from vte_proxy.config import GatewayConfig, KeyConfig
+from vte_proxy.config_limits import LimitSet
 from vte_proxy.errors import GatewayError
 from vte_proxy.limits.estimate import Estimate
 from vte_proxy.limits.pricing import NANO, PriceBook, Usage
