@@ -21,7 +21,6 @@ and completions only for keys with ``trace_content: true``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Mapping
 
@@ -40,7 +39,6 @@ from vte_proxy.tracing_export import CountingExporter, CountingProcessor
 from vte_proxy.tracing_genai import OPERATIONS
 from vte_proxy.tracing_spans import RequestSpan
 
-log = logging.getLogger("vte_proxy.tracing")
 
 def build_provider(settings: TraceSettings) -> tuple[TracerProvider, CountingProcessor]:
     """The SDK provider for ``settings``: parent-based ratio sampling, batched OTLP/HTTP export."""

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vte_proxy.tracing")
 
+
 class RequestSpan:
     """The server span of one request; ended exactly once by :meth:`end`."""
 
