@@ -3,7 +3,8 @@
 :class:`Tracing` holds the tracer of the current config. ``Tracing.current`` is ``None``
 while tracing is off, and then nothing else happens: the request path tests that one
 attribute, creates no span object and never imports ``opentelemetry`` (the SDK is imported
-by :mod:`vte_proxy.tracing_sdk`, and only when a config turns tracing on).
+by :mod:`vte_proxy.tracing_sdk` and the modules it imports, and only when a config turns
+tracing on).
 
 What turns it on, field by field (the file wins; the standard environment variables fill the
 fields the file leaves out):
