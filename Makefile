@@ -6,7 +6,7 @@ CONFIG ?= gateway.yaml.example
 PORT   ?= 8050
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test debs lint schema helm-lint docker bench clean
+.PHONY: help venv run test debs lint schema helm-lint docker bench bench-smoke clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,8 +43,11 @@ helm-lint: venv ## render, lint and validate the Helm chart and dashboard
 docker: ## build the container image (needs a Docker engine)
 	docker build -t vte-proxy:latest .
 
-bench: venv ## side-by-side benchmark (wrk + nginx from Debian); not part of `make test`
-	$(BIN)/python bench/run.py
+bench: venv ## vte-proxy, nginx, LiteLLM and Portkey side by side (~35 min; BENCH_ARGS=...); not in `make test`
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-smoke: venv ## every cell of `make bench` with tiny durations (~5 min): the harness works, no figures
+	$(BIN)/python bench/run.py --smoke --json bench/results/smoke.json --chart bench/results/smoke.png
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -81,7 +81,7 @@ class Gateway:
     version: str
     env: dict[str, str] = field(default_factory=dict)
     warmup_s: float = 2.0
-    cpu: int | None | str = None
+    cpu: int | str | None = None
     absent: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
@@ -133,12 +133,13 @@ def ensure_tools(install: bool) -> None:
 def fill(template: str, work: Path, ports: Ports) -> Path:
     """An nginx config of bench/ with its @...@ placeholders filled in, written to the work dir."""
     sys.path.insert(0, str(HERE))
-    from sse_body import COMPLETION, MODELS
+    from sse_body import COMPLETION, MODELS, RESPONSE
 
     conf = (HERE / template).read_text()
     for k, v in {"@WORK@": str(work), "@JSON_PORT@": ports.json, "@SSE_PORT@": ports.sse,
                  "@PROXY_PORT@": ports.floor, "@PACED_PORT@": ports.paced, "@PACED_PROXY_PORT@": ports.floor_paced,
-                 "@COMPLETION@": COMPLETION.decode(), "@MODELS@": MODELS.decode()}.items():
+                 "@COMPLETION@": COMPLETION.decode(), "@MODELS@": MODELS.decode(),
+                 "@RESPONSE@": RESPONSE.decode()}.items():
         conf = conf.replace(k, str(v))
     out = work / template
     out.write_text(conf)
@@ -208,8 +209,8 @@ def vte_config(ports: Ports, features: set[str]) -> str:
     """The bench config: the bench key with limits that are never reached, a pool of two upstream
     keys on the bench provider, metrics and the request log on (they always are)."""
     limits = "\n    limits: {rpm: 1000000000, tpm: 1000000000000, concurrency: 100000}" if "limits" in features else ""
-    keys = (f"\n    api_keys:\n      - {{name: one, key: {UPSTREAM_KEY}-1}}\n      - {{name: two, key: {UPSTREAM_KEY}-2}}"
-            if "pool" in features else f"\n    api_key: {UPSTREAM_KEY}")
+    pool = "".join(f"\n      - {{name: {n}, key: {UPSTREAM_KEY}-{n}}}" for n in ("one", "two"))
+    keys = f"\n    api_keys:{pool}" if "pool" in features else f"\n    api_key: {UPSTREAM_KEY}"
     return textwrap.dedent("""\
         # written by bench/run.py
         version: 1
@@ -272,7 +273,7 @@ def check_config(work: Path, text: str) -> str | None:
     return None if out.returncode == 0 else " ".join((lines or ["refused"])[-1].split())[:200]
 
 
-def vte(ports: Ports, work: Path, features: set[str], workers: int, cpu: int | None | str,
+def vte(ports: Ports, work: Path, features: set[str], workers: int, cpu: int | str | None,
         gateway_cmd: list[str] | None = None) -> Gateway:
     from vte_proxy import __version__
 

@@ -88,8 +88,8 @@ def table(res: dict[str, Any]) -> str:
             cells.append("-" if m is None else ("did not start" if m.get("started") is False else
                                                  NS if not served(m) else fmt(m)))
         out.append(f"{label:40s}" + "".join(f"{c:>{width}s}" for c in cells))
-    out.append(f"{'failures (wrk + streams, all cells)':40s}" + "".join(f"{num(failures(gw[n], mem.get(n)), ','):>{width}s}"
-                                                                      for n in names))
+    fails = [num(failures(gw[n], mem.get(n)), ",") for n in names]
+    out.append(f"{'failures (wrk + streams, all cells)':40s}" + "".join(f"{f:>{width}s}" for f in fails))
     out += evidence(res, names)
     out += scaling_lines(res)
     out += targets(res)
@@ -151,7 +151,7 @@ def evidence(res: dict[str, Any], names: list[str]) -> list[str]:
     if st and st.get("failed_at"):
         out.append(f"  the rig itself (stream client straight at the paced upstream) failed at {st['failed_at']:,}: "
                    f"{st['steps'][-1]['reasons']}")
-    return [""] + out if out else []
+    return ["", *out] if out else []
 
 
 def scaling_lines(res: dict[str, Any]) -> list[str]:

@@ -1,6 +1,7 @@
 -- wrk script of `make bench`: the requests of the file named by REQ_FILE (written by rig.py),
 -- sent in turn. Per request: the path, header lines, a blank line, the body on one line;
 -- requests are separated by a line with a single "%".
+
 local requests = {}
 
 local function parse(block)
@@ -23,6 +24,12 @@ init = function(args)
   for block in (text .. "%\n"):gmatch("(.-)%%\n") do
     if block:match("%S") then requests[#requests + 1] = parse(block) end
   end
+end
+
+-- DELAY_MS (optional): each connection waits this long between its requests (a fixed offered load)
+local pause = tonumber(os.getenv("DELAY_MS") or "")
+if pause then
+  delay = function() return pause end
 end
 
 local n = 0

@@ -40,7 +40,7 @@ class Cores:
     gateway: int | None
     load: int | None
 
-    def pin(self, cmd: list[str], cpu: int | None | str) -> list[str]:
+    def pin(self, cmd: list[str], cpu: int | str | None) -> list[str]:
         return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
 
 

@@ -33,10 +33,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cells  # noqa: E402
-import gateways as gws  # noqa: E402
-import report  # noqa: E402
-from rig import HERE, Cores, Processes, load_1min, pick_cores, rss_mib, say, workdir, wrk  # noqa: E402
+import cells
+import gateways as gws
+import report
+from rig import HERE, Cores, Processes, load_1min, pick_cores, rss_mib, say, workdir, wrk
 
 ALL = ("nginx", "vte", "litellm", "portkey")
 SECTIONS = ("latency", "frontier", "streams", "messages", "memory", "scaling")
@@ -65,6 +65,8 @@ def options() -> argparse.Namespace:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--gateway-cmd", help="start vte-proxy with this command (it gets `serve --config ...`): "
                     "an experiment, e.g. '.venv/bin/python bench/whatif.py trim'")
+    ap.add_argument("--profile-streams", type=int, default=0, metavar="N",
+                    help="also record vte-proxy with py-spy during waves of N paced streams (bench/profiles/)")
     ap.add_argument("--no-install", action="store_true", help="never apt-get/npm/pip install anything")
     return ap.parse_args()
 
@@ -103,6 +105,8 @@ def measure(gw: gws.Gateway, direct: gws.Gateway, procs: Processes, cores: Cores
         measure_messages(gw, direct, cores, s, skip, out)
         if "streams" not in skip:
             measure_streams(gw, direct, cores, s, out)
+        if PROFILE_STREAMS and gw.name == "vte" and gw.paced is not None:
+            out["profile"] = cells.profile_streams(gw, PROFILE_STREAMS[0], cores, procs_work())
         out["rss_end_mib"] = round(rss_mib(gw.proc.pid), 2) if gw.proc else None
         out["log_errors"] = gw.log_error()
     finally:
@@ -149,10 +153,12 @@ def measure_streams(gw: gws.Gateway, direct: gws.Gateway, cores: Cores, s: cells
     over = cells.stream_overhead(gw, direct, cores, s)
     out["streams"] = over
     if over["served"]:
-        over["sustained"] = cells.sustained(cells.stream_url(gw), gw.paced, cores, s, gw.label)
+        over["sustained"] = cells.sustained(cells.stream_url(gw), gw.paced, cores, s, gw.label,
+                                            gw.proc.pid if gw.proc else None)
 
 
 WORK: list[Path] = []
+PROFILE_STREAMS: list[int] = []
 
 
 def procs_work() -> Path:
@@ -175,7 +181,8 @@ def scaling(ports: gws.Ports, features: set[str], procs: Processes, s: cells.Set
             time.sleep(1.0)
             reqfile = cells.request_file(procs.work, f"{gw.name}-scale", cells.chat_requests(gw))
             wrk(gw.base, reqfile, 16, 2, both)
-            r = cells.metered(gw.proc.pid if gw.proc else None, lambda: wrk(gw.base, reqfile, 64, s.seconds * 2, both))
+            r = cells.metered(gw.proc.pid if gw.proc else None,
+                              lambda g=gw, f=reqfile: wrk(g.base, f, 64, s.seconds * 2, both))
             out[f"workers_{workers}"] = r
             say(f"  --workers {workers}: {r['rps']:,.0f} req/s, p99 {r['p99_ms']} ms, {r['failures']} failures")
         finally:
@@ -184,7 +191,9 @@ def scaling(ports: gws.Ports, features: set[str], procs: Processes, s: cells.Set
     return out
 
 
-def memory_of(gw: gws.Gateway, procs: Processes, cores: Cores, s: cells.Settings) -> dict[str, Any]:
+def memory_of(gw: gws.Gateway, procs: Processes, cores: Cores, s: cells.Settings, streams: bool) -> dict[str, Any]:
+    """A fresh process: idle RSS before any request, then the fixed load (with paced streams
+    when the gateway served them in its streams cell)."""
     try:
         gw.start(procs, "-memory")
     except Exception as exc:
@@ -196,7 +205,7 @@ def memory_of(gw: gws.Gateway, procs: Processes, cores: Cores, s: cells.Settings
         if err:
             return cells.not_served(err)
         say(f"{gw.label}: memory under load for {s.memory_minutes:g} min")
-        return {"served": True, **cells.memory(gw, cells.chat_requests(gw), cores, s, procs.work, idle)}
+        return {"served": True, **cells.memory(gw, cells.chat_requests(gw), cores, s, procs.work, idle, streams)}
     finally:
         gw.stop(procs)
 
@@ -235,6 +244,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit(65536)
     work = workdir(args.workdir)
     WORK.append(work)
+    if args.profile_streams:
+        PROFILE_STREAMS.append(args.profile_streams)
     ports = gws.Ports.from_base(args.port_base)
     procs = Processes(work)
     gateway_cmd = shlex.split(args.gateway_cmd) if args.gateway_cmd else None
@@ -261,7 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["memory"] = {}
             for gw in build([n for n in args.memory_gateways.split(",") if n in names], ports, procs, cores,
                             versions, features, gateway_cmd):
-                res["memory"][gw.name] = memory_of(gw, procs, cores, s) if gw.port else {
+                streams = bool(cells.get_path(res["gateways"].get(gw.name), "streams", "served"))
+                res["memory"][gw.name] = memory_of(gw, procs, cores, s, streams) if gw.port else {
                     "started": False, "evidence": gw.absent["setup"]}
     finally:
         procs.stop_all()
@@ -271,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def meta(args: argparse.Namespace, s: cells.Settings, cores: Cores) -> dict[str, Any]:
