@@ -24,11 +24,11 @@ run: venv ## serve gateway.yaml.example on :8050 (demo key sk-demo, model demo/e
 
 test: venv ## run the test suite (installs the Debian packages below if missing)
 	@command -v chromium >/dev/null 2>&1 && ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 \
-	  || $(MAKE) --no-print-directory debs
+	  && command -v redis-server >/dev/null 2>&1 || $(MAKE) --no-print-directory debs
 	$(BIN)/python -m pytest -q
 
-debs: ## install Debian's chromium (the status-page browser test) and libjemalloc2 (the image's allocator)
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libjemalloc2 >/dev/null
+debs: ## install Debian's chromium (status-page browser test), libjemalloc2 (the image's allocator), redis-server (limits tests)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libjemalloc2 redis-server >/dev/null
 
 lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check vte_proxy tests bench

@@ -1,4 +1,6 @@
-"""Test support: a scripted OpenAI-compatible upstream and a real `vte-proxy serve` process.
+"""Test support: a scripted OpenAI-compatible upstream, a real `vte-proxy serve` process
+(tests/e2e), the gateway app in this process with an injected loopback connector (tests/unit,
+:func:`in_process_gateway`), and the keys and messages tests share.
 
 Both listen on loopback. The upstream runs uvicorn in a thread with its own event loop
 (:func:`serve_app_in_thread` does the same for any ASGI app), so
@@ -21,11 +23,13 @@ import textwrap
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
+import aiohttp.abc
 import httpx
 import uvicorn
 from starlette.applications import Starlette
@@ -33,9 +37,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
 CLIENT_KEY = "sk-client-SECRET-abcdef"
+LIMITED_KEY = "sk-limited-key-000"  # gateway_yaml's key `limited`: only demo/* models
+ADMIN_KEY = "sk-admin-key-000"      # gateway_yaml's key `admin`: status: true
+
+# Chat messages the tests send. The echo provider answers with the last user message and counts
+# words as tokens: HELLO is answered "Say hello"; THREE_WORDS is 3 prompt and 3 completion tokens.
+HELLO: Any = [{"role": "user", "content": "Say hello"}]
+THREE_WORDS: Any = [{"role": "user", "content": "one two three"}]
 
 
 def free_port() -> int:
@@ -67,6 +79,23 @@ class AppServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(5)
+
+
+class LoopbackResolver(aiohttp.abc.AbstractResolver):
+    """Every host name resolves to 127.0.0.1: the connector tests inject instead of patching
+    (``create_app(..., connector=loopback_connector)``, base URLs like ``http://upstream.test:PORT``)."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        return None
+
+
+def loopback_connector(provider: object = None) -> aiohttp.TCPConnector:
+    """An upstream connector factory whose every host is loopback."""
+    return aiohttp.TCPConnector(resolver=LoopbackResolver())
 
 
 @contextlib.contextmanager
@@ -146,6 +175,10 @@ class ScriptedUpstream:
         self.models_status = 200
         self.open_streams = 0
         self.closed_streams = 0
+        # Upstream keys (the Bearer token) answered with this reply on every path (a pool key
+        # the upstream rejects or rate-limits), whatever the script says.
+        self.key_replies: dict[str, Reply] = {}
+        self.delay = 0.0  # before every unscripted answer (a slow upstream)
         routes = [Route("/v1/models", self._models, methods=["GET"]),
                   Route("/v1/{endpoint:path}", self._handle, methods=["POST"])]
         self._server = AppServer(Starlette(routes=routes))
@@ -154,6 +187,11 @@ class ScriptedUpstream:
 
     def push(self, *behaviours: Reply | Stream | Hang) -> None:
         self.script.extend(behaviours)
+
+    def reset(self) -> None:
+        """An empty script and no recorded requests (for the next test)."""
+        self.script.clear()
+        self.requests.clear()
 
     def start(self) -> ScriptedUpstream:
         self._server.start()
@@ -168,8 +206,17 @@ class ScriptedUpstream:
                 return r
         raise AssertionError(f"no request to {path}")
 
+    def _key_reply(self, request: Request) -> Response | None:
+        reply = self.key_replies.get(request.headers.get("authorization", "").removeprefix("Bearer "))
+        if reply is None:
+            return None
+        return Response(json.dumps(reply.body).encode(), status_code=reply.status, headers=reply.headers,
+                        media_type="application/json")
+
     async def _models(self, request: Request) -> Response:
         self.requests.append(Received("GET", request.url.path, dict(request.headers), None))
+        if (keyed := self._key_reply(request)) is not None:
+            return keyed
         if self.models_status != 200:
             return JSONResponse({"error": {"message": "down"}}, status_code=self.models_status)
         return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 1, "owned_by": "up"}
@@ -182,8 +229,12 @@ class ScriptedUpstream:
         except ValueError:
             body = raw
         self.requests.append(Received("POST", request.url.path, dict(request.headers), body))
+        if (keyed := self._key_reply(request)) is not None:
+            return keyed
         behaviour = self.script.popleft() if self.script else None
         if behaviour is None:
+            if self.delay:
+                await asyncio.sleep(self.delay)
             behaviour = self._default(request.path_params["endpoint"], body)
         if isinstance(behaviour, Hang):
             await asyncio.sleep(behaviour.seconds)
@@ -360,3 +411,131 @@ def running_gateway(tmp_path: Path, config_text: str, **kw: Any) -> Iterator[Gat
         yield gw
     finally:
         gw.stop()
+
+
+# ---------------------------------------------------------------- the gateway in this process
+def eventually(check: Callable[[], T], what: str, timeout: float = 10.0) -> T:
+    """Poll ``check`` until it returns something truthy and return that; fail after ``timeout``
+    seconds (a deadline for what must happen, never a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.02)
+
+
+def metric(name: str, **labels: str) -> float:
+    """The current value of one sample in this process's Prometheus registry (0 when absent)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def inline_secrets(config_text: str) -> str:
+    """A gateway_yaml config with its ``${TEST_*}`` variables written out (no environment needed)."""
+    return config_text.replace("${TEST_CLIENT_KEY}", CLIENT_KEY).replace("${TEST_UPSTREAM_KEY}", UPSTREAM_KEY)
+
+
+def upstream_test_url(upstream: ScriptedUpstream) -> str:
+    """``upstream``'s base URL under a host name only the injected loopback connector resolves."""
+    return f"http://upstream.test:{upstream.port}/v1"
+
+
+@dataclass
+class InProcessGateway:
+    """``create_app`` served by uvicorn in a thread of this process: its Gateway and Accounting
+    objects can be read directly."""
+
+    url: str
+    config_path: Path
+    app: Any  # the GuardMiddleware create_app returns
+    gateway: Any
+    accounting: Any
+
+    def client(self, key: str = CLIENT_KEY, timeout: float = 10) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key}"}, timeout=timeout)
+
+    def entries_after(self, count: int, new: int = 1) -> list[dict[str, Any]]:
+        """The live-log entries of the ``new`` requests finished after the first ``count``."""
+        acc = self.accounting
+        eventually(lambda: acc.finished >= count + new, f"{new} more request(s) reported")
+        return list(acc.recent)[-(acc.finished - count):]
+
+
+@contextlib.contextmanager
+def in_process_gateway(tmp_path: Path, config_text: str, connector: Any = loopback_connector,
+                       **create_app_kw: Any) -> Iterator[InProcessGateway]:
+    """The gateway app for ``config_text`` in this process, its lifespan run; upstream host names
+    resolve to loopback through the injected ``connector`` (no subprocess, nothing patched)."""
+    from vte_proxy.app import create_app
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(inline_secrets(config_text))
+    app: Any = create_app(str(path), connector=connector, **create_app_kw)
+    with serve_app_in_thread(app, lifespan="on") as server:
+        yield InProcessGateway(server.url, path, app, app.gateway, app.accounting)
+
+
+# ---------------------------------------------------------------- an outbound proxy
+class ForwardProxy:
+    """A tiny HTTP forward proxy on loopback (plain http:// targets, one request per
+    connection): records each request line and its Proxy-Authorization, then relays it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.seen: list[tuple[str, str | None]] = []  # (request line, Proxy-Authorization)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+
+    def start(self) -> ForwardProxy:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port), self._loop).result(5)
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, target, version = head[0].split(" ")
+            headers = [h.split(":", 1) for h in head[1:] if h]
+            auth = next((v.strip() for k, v in headers if k.lower() == "proxy-authorization"), None)
+            self.seen.append((head[0], auth))
+            url = httpx.URL(target)
+            length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+            body = await reader.readexactly(length) if length else b""
+            kept = [f"{k}:{v}" for k, v in headers if k.lower() not in ("proxy-authorization", "connection")]
+            request = "\r\n".join([f"{method} {url.raw_path.decode()} {version}", *kept, "Connection: close", "", ""])
+            up_reader, up_writer = await asyncio.open_connection(url.host, url.port)
+            up_writer.write(request.encode("latin-1") + body)
+            await up_writer.drain()
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            up_writer.close()
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@contextlib.contextmanager
+def forward_proxy() -> Iterator[ForwardProxy]:
+    proxy = ForwardProxy().start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

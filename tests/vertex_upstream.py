@@ -102,6 +102,7 @@ class Recorded:
 class VertexUpstream:
     api_key: str = "test-vertex-key"
     validate: bool = True
+    url: str = ""  # where it is served (set by whoever serves ``app``)
     requests: list[Recorded] = field(default_factory=list)
     script: deque[Reply] = field(default_factory=deque)
 

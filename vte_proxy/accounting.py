@@ -61,6 +61,11 @@ class Accounting:
         if trace.isEnabledFor(logging.DEBUG):  # every try, so a route's fall-over can be followed
             trace.debug("%s key=%s model=%s: sending to provider %s", rec.endpoint, rec.key, rec.model, provider)
 
+    @staticmethod
+    def routed(route: str, target: str) -> None:
+        """A route sent a request to ``target`` (``vte_route_selections_total``)."""
+        metrics.child(metrics.ROUTE_SELECTIONS, route, target).inc()
+
     def finish(self, rec: RequestRecord) -> None:
         """Report a request that has ended, once."""
         self.finished += 1
@@ -88,11 +93,16 @@ class Accounting:
 
 
 def _count_usage(rec: RequestRecord) -> None:
-    """Tokens of the answer against provider, model and key; an answer without usage is
-    counted as such, never guessed."""
+    """Tokens of the answer against provider, model and key. An answer without usage is
+    counted as such; when it was estimated (:mod:`vte_proxy.usage_estimate`), its estimate is
+    counted too, and marked in ``vte_usage_estimated_total``."""
     prompt, completion = usage_tokens(rec.usage) if rec.usage is not None else (None, None)
-    if prompt is None and completion is None:
+    if rec.estimated:
         metrics.child(metrics.USAGE_MISSING, rec.provider).inc()
+        metrics.child(metrics.USAGE_ESTIMATED, rec.provider).inc()
+    if prompt is None and completion is None:
+        if not rec.estimated:
+            metrics.child(metrics.USAGE_MISSING, rec.provider).inc()
         return
     rec.prompt_tokens, rec.completion_tokens = prompt, completion
     if prompt:

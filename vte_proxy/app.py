@@ -26,6 +26,7 @@ from vte_proxy.dialect import dialect_for_path
 from vte_proxy.discovery import Discovery
 from vte_proxy.errors import GatewayError
 from vte_proxy.http import HealthEndpoint, ModelsEndpoint, ProxyEndpoint, authenticate_status
+from vte_proxy.limits import Stores
 from vte_proxy.memory import QUIET_SECONDS, MemoryWatcher
 from vte_proxy.middleware import CORSMiddleware, GuardMiddleware
 from vte_proxy.providers.base import ENDPOINTS
@@ -161,9 +162,9 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None,
     long traffic must have stopped before memory is given back.
 
     The process-wide state is built here and passed to whoever needs it: the gateway (the
-    current config state), accounting (metrics, the live request log), the status page and
-    the memory watcher."""
-    gateway = Gateway(config_path, connector)
+    current config state, and the stores of the limit counters, which outlive every config),
+    accounting (metrics, the live request log), the status page and the memory watcher."""
+    gateway = Gateway(config_path, connector, Stores())
     accounting = Accounting()
     discovery = Discovery(gateway)
     status = StatusPage(gateway, discovery, accounting)

@@ -12,7 +12,7 @@ import hmac
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from vte_proxy.config import KeyConfig
+from vte_proxy.config import KeyConfig, SystemPrompt
 
 
 @dataclass(eq=False)
@@ -21,6 +21,7 @@ class ClientKey:
     digest: bytes
     patterns: tuple[str, ...]
     status: bool
+    system_prompt: SystemPrompt | None = None
     # allows() results per exposed name; bounded by the names in the config.
     _allowed: dict[str, bool] = field(default_factory=dict, repr=False)
 
@@ -44,7 +45,7 @@ class KeyRing:
     """The configured client keys."""
 
     def __init__(self, keys: tuple[KeyConfig, ...]) -> None:
-        self.keys = [ClientKey(k.name, _digest(k), k.models, k.status) for k in keys]
+        self.keys = [ClientKey(k.name, _digest(k), k.models, k.status, k.system_prompt) for k in keys]
 
     def authenticate(self, presented: str | bytes | None) -> ClientKey | None:
         if not presented:

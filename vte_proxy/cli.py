@@ -1,4 +1,4 @@
-"""The command line: ``vte-proxy serve | check | schema``."""
+"""The command line: ``vte-proxy serve | check | schema | probe``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 
 from vte_proxy import __version__
-from vte_proxy.config import GatewayConfig, ServerConfig
+from vte_proxy.config import GatewayConfig, LimitSet, ServerConfig
 from vte_proxy.loader import ConfigError, LoadedConfig, load_config
+from vte_proxy.routing import Entry
 from vte_proxy.settings import Settings
 
 
@@ -32,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--allow-missing-env", action="store_true",
                        help="warn about unset ${VAR}s instead of failing (CI without the secrets)")
     sub.add_parser("schema", help="print the JSON Schema of gateway.yaml")
+    probe = sub.add_parser("probe", help="test the connection to providers (every key of a pool): a models list "
+                           "and a one-token chat; exit 1 if any failed")
+    probe.add_argument("--config", help="gateway.yaml (env VTE_CONFIG; default ./gateway.yaml)")
+    probe.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="longest wait for each answer (default: the provider's timeouts)")
+    probe.add_argument("targets", nargs="*", metavar="PROVIDER[/MODEL]",
+                       help="providers to probe (default: all), optionally the model to chat with")
     return ap
 
 
@@ -41,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.path, args.allow_missing_env)
     if args.command == "schema":
         return schema()
+    if args.command == "probe":
+        return probe(args.config or Settings().config, args.targets, args.timeout)
     overrides = {k: v for k, v in vars(args).items() if k in ("config", "host", "port", "workers") and v is not None}
     return serve(Settings(**overrides))
 
@@ -60,6 +70,8 @@ def check(path: str, allow_missing_env: bool = False) -> int:
     print(f"{path}: valid (sha256 {loaded.sha256[:12]}), {len(config.providers)} provider(s), "
           f"{len(config.keys)} key(s)")
     _print_routing(config)
+    for line in limits_summary(config):
+        print(f"  {line}")
     return 0
 
 
@@ -70,7 +82,7 @@ def _print_routing(config: GatewayConfig) -> None:
     width = max((len(n) for n in table.entries), default=10)
     for entry in table.entries.values():
         if entry.route:
-            print(f"  {entry.name:<{width}}  -> route: {', '.join(t.exposed for t in entry.targets)}")
+            print(f"  {entry.name:<{width}}  -> {_route_summary(entry)}")
         else:
             t = entry.targets[0]
             print(f"  {entry.name:<{width}}  -> {t.provider}: {t.upstream_model}")
@@ -79,6 +91,41 @@ def _print_routing(config: GatewayConfig) -> None:
             globs = [m for m in p.models if is_glob(m)]
             print(f"  ({p.name}: more models from discovery at run time, include {list(p.discover.include)}, "
                   f"exclude {list(p.discover.exclude)}" + (f", matching {globs}" if globs else "") + ")")
+
+
+def _caps(limits: LimitSet) -> str:
+    return ", ".join(f"{n} {getattr(limits, n)}" for n in ("rpm", "tpm", "concurrency")
+                     if getattr(limits, n) is not None)
+
+
+def limits_summary(config: GatewayConfig) -> list[str]:
+    """The limits, budgets and prices of a config, one line each, for ``check``."""
+    lim = config.limits
+    redis = lim.redis if lim.store == "redis" else None
+    store = lim.store + (f" (on_error {redis.on_error}, timeout {redis.timeout * 1000:g}ms)" if redis else "")
+    lines = [f"  model {r.model}: {_caps(r)}" for r in lim.rules]
+    lines += [f"  provider {p.name}: {_caps(p.limits)}" for p in config.providers if p.limits.given()]
+    for k in config.keys:
+        budget = f"budget {k.budget.usd:g} USD per {k.budget.period}" if k.budget else ""
+        parts = [x for x in (_caps(k.limits), budget) if x]
+        if parts:
+            lines.append(f"  key {k.name}: {'; '.join(parts)}")
+    if lines or lim.given() or lim.store != "memory":
+        lines.insert(0, f"limits: store {store}" + (f"; gateway {_caps(lim)}" if lim.given() else ""))
+    for name, p in config.prices.items():
+        cached = f", cached_input {p.cached_input:g}" if p.cached_input is not None else ""
+        lines.append(f"price {name}: input {p.input:g}, output {p.output:g}{cached} USD per 1M tokens")
+    return lines
+
+
+def _route_summary(entry: Entry) -> str:
+    """``route: a, b`` (fallback), ``route (weighted): a x3, b x1``, ``route (latency): a, b``."""
+    if entry.strategy == "weighted":
+        targets = [f"{t.exposed} x{w:g}" for t, w in zip(entry.targets, entry.weights, strict=False)]
+    else:
+        targets = [t.exposed for t in entry.targets]
+    how = "" if entry.strategy == "fallback" else f" ({entry.strategy})"
+    return f"route{how}: {', '.join(targets)}"
 
 
 def schema() -> int:
@@ -92,6 +139,42 @@ def schema() -> int:
     return 0
 
 
+def _warn_memory_store(settings: Settings, config: GatewayConfig) -> None:
+    """Each worker has its own memory store: its limits multiply by the number of workers."""
+    from vte_proxy.limits.limiter import limits_in_use
+
+    if settings.workers > 1 and config.limits.store == "memory" and limits_in_use(config):
+        import logging
+
+        logging.getLogger("vte_proxy.limits").warning(
+            "limits.store is memory with %d workers: each worker counts on its own, so every limit and budget "
+            "is multiplied by %d; use store: redis", settings.workers, settings.workers)
+
+
+def probe(path: str, targets: list[str], timeout: float | None = None) -> int:
+    """Call each selected provider with every upstream key; 0 when every check passed."""
+    import asyncio
+
+    from vte_proxy.probe import ProbeError, report
+    from vte_proxy.probe import probe as run_probe
+
+    try:
+        config = load_config(path).config
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.issues)} error(s)", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    try:
+        checks = asyncio.run(run_probe(config, targets, wait_limit=timeout))
+    except ProbeError as exc:
+        print(f"vte-proxy probe: {exc}", file=sys.stderr)
+        return 1
+    for line in report(checks):
+        print(line)
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def serve(settings: Settings) -> int:
     """Run the gateway until it is stopped (SIGTERM drains in-flight requests first)."""
     from vte_proxy.logs import setup_logging
@@ -101,6 +184,7 @@ def serve(settings: Settings) -> int:
     if loaded is None:
         return 1
     _prepare_multiprocess_metrics(settings)
+    _warn_memory_store(settings, loaded.config)
     import uvicorn
 
     options = _uvicorn_options(settings, loaded.config.server)

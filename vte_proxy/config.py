@@ -52,6 +52,103 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LimitSet(_Frozen):
+    """Caps for one scope (a key, a model, a provider, the whole gateway); each is optional."""
+
+    rpm: int | None = Field(None, ge=1, description="Requests per minute (fixed 60 s windows).")
+    tpm: int | None = Field(None, ge=1, description="Tokens (input + output) per minute (fixed 60 s windows).")
+    concurrency: int | None = Field(None, ge=1, description="Requests in flight at once.")
+
+    def given(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.concurrency is not None
+
+
+class BudgetConfig(_Frozen):
+    """Spend cap of a key in USD per calendar period (UTC); priced from ``prices``."""
+
+    usd: float = Field(gt=0, description="USD the key may spend per period.")
+    period: Literal["day", "week", "month", "total"] = Field(
+        "month", description="day | week (from Monday) | month | total (never rolls over); UTC.")
+
+
+class Price(_Frozen):
+    """USD per 1M tokens."""
+
+    input: float = Field(ge=0, description="USD per 1M prompt tokens.")
+    output: float = Field(ge=0, description="USD per 1M completion tokens.")
+    cached_input: float | None = Field(None, ge=0, description="USD per 1M cached prompt tokens (default: input).")
+
+
+class LimitRule(LimitSet):
+    """Limits of every exposed model that ``model`` (a name or glob) matches; each model counts on its own."""
+
+    model: str = Field(min_length=1, description="Exposed model name or glob; the first matching rule applies.")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> LimitRule:
+        if not self.given():
+            raise ValueError("give at least one of rpm, tpm, concurrency")
+        return self
+
+
+class RedisConfig(_Frozen):
+    """Where the shared counters live when ``limits.store`` is ``redis``."""
+
+    url: SecretStr = Field(description="redis://[:password@]host:port/db or rediss://...; usually ${REDIS_URL}.")
+    on_error: Literal["open", "closed"] = Field(
+        "open", description="Redis unreachable: open serves without limits, closed answers 503.")
+    timeout: Duration = Field(0.1, gt=0, le=5, description="Timeout of each Redis call (e.g. 100ms).")
+    prefix: str = Field("vte:", pattern=r"^[A-Za-z0-9_.:{}-]*$", description="Prefix of every Redis key.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, v: SecretStr) -> SecretStr:
+        if urlsplit(v.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v
+
+
+class LimitsConfig(LimitSet):
+    """Gateway-wide caps, per-model rules, and where the counters live."""
+
+    rules: tuple[LimitRule, ...] = Field((), description="Per-model limits by exposed name or glob.")
+    store: Literal["memory", "redis"] = Field(
+        "memory", description="memory: exact within one process; redis: shared by every worker and replica.")
+    redis: RedisConfig | None = None
+    lease: Duration = Field(900.0, gt=0, description="Longest a concurrency slot is held if a replica dies.")
+
+    @model_validator(mode="after")
+    def _redis_given(self) -> LimitsConfig:
+        if self.store == "redis" and self.redis is None:
+            raise ValueError("limits.redis: required when store is redis (give at least url)")
+        return self
+
+
+class SystemPrompt(_Frozen):
+    """A system prompt the gateway puts into chat and Messages requests.
+
+    ``prepend`` puts ``text`` before the client's own system prompt (or is the only one when
+    the client sent none); ``replace`` drops the client's system prompt and uses ``text``.
+    """
+
+    text: str = Field(min_length=1)
+    mode: Literal["prepend", "replace"] = "prepend"
+
+
+class ErrorReply(_Frozen):
+    """Replace the message of the errors clients see that match ``status`` and/or ``code``."""
+
+    status: int | None = Field(None, ge=400, le=599, description="HTTP status to match.")
+    code: str | None = Field(None, min_length=1, description="Error code (or Anthropic error type) to match.")
+    message: str = Field(min_length=1, description="The message clients see instead.")
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> ErrorReply:
+        if self.status is None and self.code is None:
+            raise ValueError("give status, code or both (a rule must match something)")
+        return self
+
+
 class KeyConfig(_Frozen):
     """A client key. The key itself never appears in logs, metrics or pages; ``name`` does."""
 
@@ -60,6 +157,9 @@ class KeyConfig(_Frozen):
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 hex of the key.")
     models: tuple[str, ...] = Field(("*",), description="Allow-list of globs over exposed model names.")
     status: bool = Field(False, description="May open the status page (and /metrics with metrics.auth).")
+    limits: LimitSet = Field(LimitSet(), description="Per-key caps, exact across replicas with the redis store.")
+    budget: BudgetConfig | None = Field(None, description="Spend cap; every model the key may use needs a price.")
+    system_prompt: SystemPrompt | None = Field(None, description="Overrides the provider's and the global one.")
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyConfig:
@@ -84,11 +184,45 @@ class Discover(_Frozen):
     interval: Duration = Field(600.0, gt=0)
 
 
+class UpstreamKey(_Frozen):
+    """One key of a provider's pool; only ``name`` is ever shown (metrics, status, probe)."""
+
+    name: str = Field(pattern=_NAME, description="Shown in metrics, the status page and probe.")
+    key: SecretStr = Field(description="The upstream key, usually ${VAR}.")
+    weight: float = Field(1.0, gt=0, description="Share of the traffic relative to the other ready keys.")
+
+    @field_validator("key")
+    @classmethod
+    def _not_empty(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value():
+            raise ValueError("key is empty")
+        return v
+
+
+def _url_error(v: str, what: str) -> str | None:
+    """Why ``v`` is not an http(s) URL, or None. Never quotes ``v``: it may hold credentials."""
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return f"must be an http:// or https:// {what}"
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
+        return f"must be an http:// or https:// {what}"
+    return None
+
+
 class ProviderConfig(_Frozen):
     name: str = Field(pattern=_NAME)
     type: ProviderType
     base_url: str | None = Field(None, description="API root, e.g. https://api.openai.com/v1")
     api_key: SecretStr | None = None
+    api_keys: tuple[UpstreamKey, ...] | None = Field(
+        None, min_length=1, description="A pool of upstream keys instead of api_key: picked by weight; a 429 "
+        "cools a key down (Retry-After or cooldown), a 401/403 takes it out until the config changes.")
+    cooldown: Duration = Field(60.0, gt=0, description="How long a pool key rests after a 429 without Retry-After.")
+    proxy: SecretStr | None = Field(None, description="Outbound HTTP proxy, http://[user:password@]host:port "
+                                    "(its credentials are treated as secrets).")
+    system_prompt: SystemPrompt | None = Field(None, description="Overrides the global system prompt.")
     prefix: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:-]*)?$")
     models: tuple[str, ...] = ()
     discover: Discover = Discover()
@@ -97,6 +231,7 @@ class ProviderConfig(_Frozen):
     timeouts: Timeouts = Timeouts()
     retries: int = Field(0, ge=0, le=10)
     max_connections: int = Field(256, ge=1, le=100_000, description="Upstream connection pool size.")
+    limits: LimitSet = Field(LimitSet(), description="Caps on what the gateway sends to this provider.")
 
     @field_validator("base_url")
     @classmethod
@@ -104,16 +239,41 @@ class ProviderConfig(_Frozen):
         if v is None:
             return v
         # The message never quotes the value: a URL may carry credentials.
-        try:
-            parts = urlsplit(v)
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("must be an http:// or https:// URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
-            raise ValueError("must be an http:// or https:// URL")
+        problem = _url_error(v, "URL")
+        if problem:
+            raise ValueError(problem)
+        parts = urlsplit(v)
         if parts.query or parts.fragment:
             raise ValueError("must not have a query or fragment (it is the API root, e.g. https://host/v1)")
         return v.rstrip("/")
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        url = v.get_secret_value()
+        problem = _url_error(url, "proxy URL (http://[user:password@]host:port)")
+        if problem:
+            raise ValueError(problem)
+        if urlsplit(url).path not in ("", "/") or urlsplit(url).query:
+            raise ValueError("a proxy URL has no path or query (http://[user:password@]host:port)")
+        return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_keys(cls, v: tuple[UpstreamKey, ...] | None) -> tuple[UpstreamKey, ...] | None:
+        seen: dict[str, int] = {}
+        for i, k in enumerate(v or ()):
+            if k.name in seen:
+                raise ValueError(f"api_keys[{i}].name {k.name!r} is already used by api_keys[{seen[k.name]}]")
+            seen[k.name] = i
+        return v
+
+    @property
+    def has_key(self) -> bool:
+        """Whether an upstream key (one, or a pool) is configured."""
+        return self.api_key is not None or self.api_keys is not None
 
     @field_validator("headers")
     @classmethod
@@ -129,8 +289,10 @@ class ProviderConfig(_Frozen):
     def _by_type(self) -> ProviderConfig:
         if self.type == "openai" and self.base_url is None:
             raise ValueError("base_url is required for type openai")
-        if self.type == "vertex-express" and self.api_key is None:
-            raise ValueError("api_key is required for type vertex-express")
+        if self.api_key is not None and self.api_keys is not None:
+            raise ValueError("give api_key or api_keys, not both")
+        if self.type == "vertex-express" and not self.has_key:
+            raise ValueError("api_key (or api_keys) is required for type vertex-express")
         if self.type != "openai" and self.discover.enabled:
             raise ValueError(f"discover is only supported for type openai, not {self.type}")
         if not self.models and not self.discover.enabled:
@@ -138,9 +300,46 @@ class ProviderConfig(_Frozen):
         return self
 
 
+class RouteTarget(_Frozen):
+    """A route target: an exposed model name and its weight (``weighted`` strategy)."""
+
+    model: str = Field(min_length=1)
+    weight: float = Field(1.0, gt=0)
+
+
+def _target(value: Any) -> Any:
+    return {"model": value} if isinstance(value, str) else value
+
+
+_TARGET_SCHEMA = {"anyOf": [
+    {"type": "string", "description": "An exposed model name."},
+    {"type": "object", "additionalProperties": False, "required": ["model"],
+     "properties": {"model": {"type": "string", "minLength": 1, "description": "An exposed model name."},
+                    "weight": {"type": "number", "exclusiveMinimum": 0, "default": 1,
+                               "description": "Share of the traffic (strategy weighted)."}}}]}
+Target = Annotated[RouteTarget, BeforeValidator(_target), WithJsonSchema(_TARGET_SCHEMA)]
+Strategy = Literal["fallback", "weighted", "least_busy", "latency"]
+
+
+class Breaker(_Frozen):
+    """A circuit breaker per target of a route: after ``failures`` consecutive failures the
+    target is skipped for ``pause``, then one probe request decides (success closes it)."""
+
+    failures: int = Field(5, ge=0, description="Consecutive failures that open the circuit; 0 turns it off.")
+    pause: Duration = Field(30.0, gt=0, description="How long an open circuit skips the target before a probe.")
+
+
 class RouteConfig(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
-    targets: tuple[str, ...] = Field(min_length=1)
+    strategy: Strategy = Field("fallback", description="fallback: in order; weighted: random by weight; "
+                               "least_busy: fewest in flight; latency: power of two choices over a peak-EWMA "
+                               "of time to first byte. Every strategy falls over to the next target.")
+    targets: tuple[Target, ...] = Field(min_length=1)
+    breaker: Breaker = Breaker()
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(t.model for t in self.targets)
 
 
 class CorsConfig(_Frozen):
@@ -169,9 +368,16 @@ class GatewayConfig(_Frozen):
     keys: tuple[KeyConfig, ...] = Field(min_length=1)
     providers: tuple[ProviderConfig, ...] = Field(min_length=1)
     routes: tuple[RouteConfig, ...] = ()
+    system_prompt: SystemPrompt | None = Field(None, description="Put into every chat and Messages request "
+                                               "(a provider's or key's own system_prompt overrides it).")
+    error_replies: tuple[ErrorReply, ...] = Field((), description="Replace the message of matching errors; "
+                                                  "the first matching rule wins.")
     cors: CorsConfig = CorsConfig()
     server: ServerConfig = ServerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    prices: dict[str, Price] = Field(default_factory=dict,
+                                     description="USD per 1M tokens by exposed model name or glob (first match).")
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

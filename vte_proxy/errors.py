@@ -87,9 +87,12 @@ class UpstreamError(GatewayError):
         code: str | None = None,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
+        answered: bool = True,
     ) -> None:
         super().__init__(status, message, code=code or reason, headers=headers)
         self.provider = provider
+        # False when no HTTP answer came back at all (connect error, no headers in time).
+        self.answered = answered
         self.reason = reason
         self.retryable = retryable
         # The upstream's own (already redacted) error body, passed through when present.

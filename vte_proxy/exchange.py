@@ -14,21 +14,27 @@ A transport (:mod:`vte_proxy.http`, :mod:`vte_proxy.websocket`) only frames: it 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from starlette.types import Send
 
+from vte_proxy import error_replies, usage_estimate
 from vte_proxy.accounting import Accounting
 from vte_proxy.auth import ClientKey
+from vte_proxy.config import ErrorReply
 from vte_proxy.dialect import Dialect
 from vte_proxy.errors import GatewayError
+from vte_proxy.limits import Ticket, Usage
 from vte_proxy.pipeline import Request, dispatch
 from vte_proxy.record import RequestRecord
 from vte_proxy.shaping import JsonReply, Reply, StreamReply
 from vte_proxy.state import GatewayState
+from vte_proxy.usage_estimate import KEEP_BYTES
 
 JSON = (b"content-type", b"application/json")
+# Endpoints whose answers are text a usage estimate can count (embeddings report their own).
+ESTIMATED = frozenset({"chat/completions", "completions", "responses", "messages"})
 
 
 class Sink(Protocol):
@@ -54,24 +60,39 @@ async def send_json(send: Send, status: int, body: bytes, headers: Mapping[str, 
     await send({"type": "http.response.body", "body": body})
 
 
-async def render_error(send: Send, err: GatewayError, dialect: Dialect) -> None:
-    """The one place an error becomes an HTTP answer (also for the middleware's refusals)."""
+async def render_error(send: Send, err: GatewayError, dialect: Dialect, replies: Sequence[ErrorReply] = ()) -> None:
+    """The one place an error becomes an HTTP answer (also for the middleware's refusals);
+    ``replies``: the config's ``error_replies``."""
+    err = error_replies.apply(replies, err)
     await send_json(send, err.status, dialect.error_body(err), err.headers)
 
 
 class Exchange:
     """One proxied request from its first byte in to its last byte out."""
 
-    __slots__ = ("accounting", "dialect", "record", "state")
+    __slots__ = ("_kept", "_kept_bytes", "_req", "_sent_bytes", "accounting", "dialect", "record", "state",
+                 "ticket")
 
     def __init__(self, state: GatewayState, accounting: Accounting, endpoint: str, dialect: Dialect) -> None:
         self.state = state
         self.accounting = accounting
         self.dialect = dialect
         self.record = RequestRecord.start(endpoint)
+        self.ticket: Ticket | None = None
+        # For a usage estimate when the upstream reports none: the request, and the first
+        # KEEP_BYTES of a streamed answer.
+        self._req: Request | None = None
+        self._kept: list[bytes] = []
+        self._kept_bytes = self._sent_bytes = 0
 
     def dispatched(self, provider: str) -> None:
         self.accounting.dispatched(self.record, provider)
+
+    def admitted(self, ticket: Ticket) -> None:
+        self.ticket = ticket
+
+    def routed(self, route: str, target: str) -> None:
+        self.accounting.routed(route, target)
 
     def authenticate(self, presented: bytes | None) -> ClientKey:
         key = self.state.keys.authenticate(presented)
@@ -88,7 +109,10 @@ class Exchange:
         self.state.providers.acquire()
         try:
             key = self.authenticate(presented)
-            request = self._request(key, self.dialect.parse(await read()), headers, stream_reply)
+            raw = await read()
+            request = self._request(key, self.dialect.parse(raw), headers, stream_reply)
+            request.size = len(raw)
+            self._req = request
             reply = await dispatch(self.state, request, self)
             await self._send(sink, reply)
         except GatewayError as err:
@@ -112,11 +136,32 @@ class Exchange:
         await sink.open_stream(reply.headers)
         async for batch in reply.events:
             self.record.first_byte()
+            self._keep(batch)
             await sink.events(batch)
         await sink.end_stream()
 
+    def _keep(self, batch: list[bytes]) -> None:
+        size = sum(map(len, batch))
+        self._sent_bytes += size
+        if self._kept_bytes < KEEP_BYTES:
+            self._kept += batch
+            self._kept_bytes += size
+
+    def _usage(self, reply: Reply) -> dict[str, Any] | None:
+        """The answer's usage; estimated (and marked so) when the upstream reported none."""
+        usage = reply.usage() if isinstance(reply, StreamReply) else reply.usage
+        request = self._req
+        if usage is not None or request is None or self.record.endpoint not in ESTIMATED:
+            return usage
+        self.record.estimated = True
+        body = request.sent or request.body  # what the upstream got (a system prompt counts)
+        if isinstance(reply, JsonReply):
+            return usage_estimate.from_json(body, reply.body)
+        return usage_estimate.from_events(body, self._kept, self._kept_bytes, self._sent_bytes)
+
     async def _fail(self, sink: Sink, err: GatewayError) -> None:
         self.record.failed(err.status, err.code)
+        err = error_replies.apply(self.state.config.error_replies, err)  # only the message changes
         if not sink.started:
             await sink.json(err.status, self.dialect.error_body(err), err.headers)
             return
@@ -128,9 +173,20 @@ class Exchange:
             if isinstance(reply, StreamReply):
                 await reply.events.aclose()
                 await reply.close()
-                self.record.got_usage(reply.usage())
-            elif reply is not None:
-                self.record.got_usage(reply.usage)
+            if reply is not None:
+                self.record.got_usage(self._usage(reply))
         finally:
             self.state.providers.release()
+            await self._settle()
             self.accounting.finish(self.record)
+
+    async def _settle(self) -> None:
+        """Give the limits the real usage: an answer's own, its reservation when it reported
+        none (a stream the client left early), nothing when no answer came (all refunded)."""
+        ticket, rec = self.ticket, self.record
+        if ticket is None:
+            return
+        if rec.usage is not None:
+            await ticket.settle(Usage.from_wire(rec.usage))
+        else:
+            await ticket.settle(ticket.estimated_usage() if rec.answered else None)

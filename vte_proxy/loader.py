@@ -23,6 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from vte_proxy.config import GatewayConfig, ProviderConfig, RouteConfig
+from vte_proxy.limits.pricing import budget_problems
 from vte_proxy.routing import RoutingError, build_routing
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -301,9 +302,14 @@ def _parse(text: str, env: Mapping[str, str], allow_missing_env: bool, sha256: s
     config = _validate(data, lines, issues, sub)
     # Static routing problems (a model claimed twice, a route to nowhere) are config errors too.
     try:
-        build_routing(config, {})
+        table = build_routing(config, {})
     except RoutingError as exc:
         raise ConfigError([ConfigIssue(p, _line(lines, _parse_place(p)), m) for p, m in exc.problems]) from None
+    # A budget is priced: every model its key may use needs a price (models discovery adds
+    # later are refused to that key at run time when they have none).
+    unpriced = budget_problems(config, table)
+    if unpriced:
+        raise ConfigError([ConfigIssue(p, _line(lines, _parse_place(p)), m) for p, m in unpriced])
     return LoadedConfig(config, sha256, path, tuple(sub.missing))
 
 

@@ -55,6 +55,24 @@ LAST_RELOAD = Gauge("vte_config_last_reload_success_timestamp_seconds",
                     "Unix time of the last successful config load.", multiprocess_mode="livemax")
 MODELS = Gauge("vte_models_available", "Exposed models per provider.", ["provider"],
                multiprocess_mode="livemostrecent")
+COST = Counter("vte_cost_usd", "Spend priced from `prices`, in USD.", ["model", "provider", "key"])
+RATE_LIMITED = Counter("vte_rate_limited", "Requests refused with 429 by a limit or budget.", ["key", "scope", "kind"])
+BUDGET_SPENT = Gauge("vte_budget_spent_usd", "Spend of a key with a budget in its current period (the shared store's "
+                     "figure).", ["key"], multiprocess_mode="mostrecent")
+LIMITS_STORE_ERRORS = Counter("vte_limits_store_errors", "Calls to the limits store that failed (down, timed out).",
+                              ["store"])
+
+# The pools issue. Gauges of states are 1 for the state a key/circuit is in and 0 for the
+# others; with several workers each worker keeps its own pools and breakers, and the value is
+# the number of (live) workers that see it in that state.
+KEY_STATE = Gauge("vte_upstream_key_state", "Upstream keys of provider pools by state (ready, cooling, disabled).",
+                  ["provider", "upstream_key", "state"], multiprocess_mode="livesum")
+ROUTE_SELECTIONS = Counter("vte_route_selections", "Requests a route sent to each of its targets "
+                           "(first choice or fall-over).", ["route", "target"])
+BREAKER_STATE = Gauge("vte_circuit_breaker_state", "Circuit breakers of route targets by state "
+                      "(closed, open, half_open).", ["route", "target", "state"], multiprocess_mode="livesum")
+USAGE_ESTIMATED = Counter("vte_usage_estimated", "Answers without usage whose tokens were estimated offline "
+                          "(and counted in vte_tokens_total).", ["provider"])
 
 _cache: dict[tuple[Any, ...], Any] = {}
 
@@ -68,6 +86,24 @@ def child(metric: Any, *labels: str) -> Any:
             _cache.clear()
         c = _cache[k] = metric.labels(*labels)
     return c
+
+
+def set_states(metric: Any, labels: tuple[str, str], current: str, states: tuple[str, ...]) -> None:
+    """One key's (or circuit's) state: 1 for ``current``, 0 for the other ``states``."""
+    for state in states:
+        child(metric, *labels, state).set(1 if state == current else 0)
+
+
+def forget_states(metric: Any, keep: set[tuple[str, str]], states: tuple[str, ...]) -> None:
+    """Drop the series of keys (or circuits) no longer in the config (zero them with workers)."""
+    for labels in {k[1:3] for k in _cache if k[0] == id(metric)} - keep:
+        for state in states:
+            if multiprocess_dir():
+                child(metric, *labels, state).set(0)
+                continue
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels, state)
+            _cache.pop((id(metric), *labels, state), None)
 
 
 def multiprocess_dir() -> str | None:

@@ -12,6 +12,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vte_proxy.accounting import Accounting
+from vte_proxy.config import ErrorReply
 from vte_proxy.dialect import dialect_for_path
 from vte_proxy.errors import GatewayError
 from vte_proxy.exchange import render_error
@@ -57,10 +58,17 @@ class GuardMiddleware:
             log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
             if not started:
                 await render_error(send, GatewayError(500, "internal error", "internal_error"),
-                                   dialect_for_path(scope["path"]))
+                                   dialect_for_path(scope["path"]), self._replies(scope))
         finally:
             if limited:
                 self.active -= 1
+
+    def _replies(self, scope: Scope) -> tuple[ErrorReply, ...]:
+        """The config's error_replies (none before a config is loaded)."""
+        try:
+            return pinned_state(scope, self.gateway).config.error_replies
+        except RuntimeError:  # no config loaded yet
+            return ()
 
     async def _overloaded(self, scope: Scope, send: Send) -> None:
         endpoint = scope["path"][4:]
@@ -68,7 +76,7 @@ class GuardMiddleware:
         rec.failed(503, "overloaded")
         await render_error(send, GatewayError(503, "the gateway is at its concurrency limit, retry later",
                                               "overloaded", headers={"retry-after": "1"}),
-                           dialect_for_path(scope["path"]))
+                           dialect_for_path(scope["path"]), self._replies(scope))
         self.accounting.finish(rec)  # counted, so alerts on 5xx see the refusals
 
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vte_proxy import system_prompt
 from vte_proxy.auth import ClientKey
+from vte_proxy.balancing import CircuitBreaker, Slot
 from vte_proxy.errors import GatewayError, UpstreamError
-from vte_proxy.providers.base import Answer, Call
+from vte_proxy.limits import LimitExceeded, Ticket, estimate
+from vte_proxy.providers.base import Answer, Call, Provider, StreamAnswer
 from vte_proxy.record import RequestRecord
 from vte_proxy.routing import Entry, Target
 from vte_proxy.shaping import Plan, Reply, shape
@@ -37,6 +41,12 @@ class Tracker(Protocol):
     def dispatched(self, provider: str) -> None:
         """The request is being sent to ``provider`` (first try, retry or fall-over)."""
 
+    def admitted(self, ticket: Ticket) -> None:
+        """The limits admitted the request: the exchange settles ``ticket`` when it ends."""
+
+    def routed(self, route: str, target: str) -> None:
+        """A route chose ``target`` (its strategy's first choice, or a fall-over)."""
+
 
 @dataclass(slots=True)
 class Request:
@@ -48,15 +58,29 @@ class Request:
     client_stream: bool
     headers: dict[str, str] = field(default_factory=dict)  # allow-listed client headers
     dialect: str = "openai"
+    size: int = 0  # the body's bytes (the token reservation's prompt guess)
+    sent: dict[str, Any] | None = None  # the body of the last try (system prompt applied), for estimates
 
 
 async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> Reply:
     """Answer one parsed request; raises GatewayError for anything before the first byte."""
     entry = resolve(state, request, tracker.record)
-    answer, target = await call_targets(state, entry, request, tracker)
+    ticket = await admit(state, entry, request, tracker)
+    answer, target = await call_targets(state, entry, request, tracker, ticket)
     plan = Plan(request.endpoint, entry.name, target.provider, target.upstream_model, request.client_stream,
                 keep_usage=request.endpoint == "responses" or wants_usage(request.body))
-    return await shape(answer, plan)
+    reply = await shape(answer, plan)
+    reply.headers.update(ticket.headers())
+    return reply
+
+
+async def admit(state: GatewayState, entry: Entry, request: Request, tracker: Tracker) -> Ticket:
+    """The limits, before any provider is called: 429 when the key, the gateway, or every
+    target's model rule or provider is full (one store round trip in the common case)."""
+    targets = [(t.exposed, t.provider) for t in entry.targets]
+    ticket = await state.limiter.admit(request.key.name, targets, estimate(request.body, request.size))
+    tracker.admitted(ticket)
+    return ticket
 
 
 def resolve(state: GatewayState, request: Request, rec: RequestRecord) -> Entry:
@@ -91,29 +115,140 @@ def upstream_streams(state: GatewayState, request: Request, target: Target) -> b
 
 
 async def call_targets(state: GatewayState, entry: Entry, request: Request,
-                       tracker: Tracker) -> tuple[Answer, Target]:
-    """Try the entry's targets in order, each with its provider's retries.
+                       tracker: Tracker, ticket: Ticket) -> tuple[Answer, Target]:
+    """A model's one target, or a route's targets in its strategy's order, each with its
+    provider's retries.
 
     Another try happens only for failures before the first byte: retries on connect errors,
-    timeouts, 502/503/504; the next target also on 429 and any 5xx.
+    timeouts, 502/503/504; the next target also on 429 and any 5xx. A route skips targets whose
+    circuit is open or whose model rule or provider limit is full; the client gets the last
+    upstream error, else the 429 when no target had room, else the 503 of the open circuits.
     """
-    last: UpstreamError | None = None
-    for target in entry.targets:
+    if not entry.route:
+        target = entry.targets[0]
+        await _reserve(state, request, ticket, target)
         tracker.dispatched(target.provider)
+        return await _attempts(state, target, request), target
+    return await _route(state, entry, request, tracker, ticket)
+
+
+async def _reserve(state: GatewayState, request: Request, ticket: Ticket, target: Target) -> None:
+    """The target's model and provider limits (a no-op for the admitted target); the refusal
+    the client gets is counted."""
+    try:
+        await ticket.attempt(target.exposed, target.provider)
+    except LimitExceeded as exc:
+        raise state.limiter.counted(request.key.name, exc) from None
+
+
+async def _route(state: GatewayState, entry: Entry, request: Request, tracker: Tracker,
+                 ticket: Ticket) -> tuple[Answer, Target]:
+    balancer = state.balancer
+    names = [t.exposed for t in entry.targets]
+    failed: UpstreamError | None = None
+    full: LimitExceeded | None = None
+    skipped: list[CircuitBreaker] = []
+    for i in balancer.order(entry.name, entry.strategy, names, entry.weights, entry.breaker):
+        target = entry.targets[i]
+        slot = balancer.slot(entry.name, target.exposed, entry.breaker)
+        if not slot.breaker.allow():
+            skipped.append(slot.breaker)
+            continue
         try:
-            return await _attempts(state, target, request), target
+            await ticket.attempt(target.exposed, target.provider)
+        except LimitExceeded as exc:
+            full = exc
+            continue
+        tracker.dispatched(target.provider)
+        tracker.routed(entry.name, target.exposed)
+        try:
+            return await _tracked(state, target, request, slot), target
         except UpstreamError as exc:
             if not exc.retryable:
                 raise
-            last = exc
-    assert last is not None
-    raise last
+            failed = exc
+    if failed is not None:
+        raise failed
+    if full is not None:
+        raise state.limiter.counted(request.key.name, full)
+    raise _all_open(entry, skipped)
+
+
+def _all_open(entry: Entry, breakers: list[CircuitBreaker]) -> GatewayError:
+    """Every target's circuit is open: 503 at once, Retry-After when the first lets a probe in."""
+    wait = min(b.retry_after() for b in breakers)
+    return GatewayError(503, f"every target of route {entry.name!r} is unavailable (circuit open)", "circuit_open",
+                        headers={"retry-after": str(max(math.ceil(wait), 1))})
+
+
+def target_failed(exc: UpstreamError) -> bool:
+    """Whether an error says the target is unwell (what a circuit counts): unreachable, too
+    slow, garbled, or a 5xx. A 429 or a client error says nothing about its health."""
+    return exc.reason in ("connect", "timeout", "protocol") or (exc.reason == "status" and exc.status >= 500)
+
+
+async def _tracked(state: GatewayState, target: Target, request: Request, slot: Slot) -> Answer:
+    """One route target, with its in-flight count, time to first byte and circuit kept."""
+    clock, stats, breaker = state.balancer.clock, slot.stats, slot.breaker
+    stats.in_flight += 1
+    started = clock()
+    try:
+        answer = await _attempts(state, target, request)
+    except UpstreamError as exc:
+        stats.in_flight -= 1
+        _judge(breaker, exc)
+        raise
+    except BaseException:
+        stats.in_flight -= 1
+        raise
+    now = clock()
+    stats.observe(now - started, now)
+    breaker.success()
+    return _released(answer, slot)
+
+
+def _judge(breaker: CircuitBreaker, exc: UpstreamError) -> None:
+    """What a failed try tells the target's circuit: a failure, a sign of health (a client
+    error: the target answered), or nothing (a 429 or an exhausted key pool)."""
+    if target_failed(exc):
+        breaker.failure()
+    elif exc.status < 500 and exc.status != 429 and exc.reason != "keys":
+        breaker.success()
+
+
+def _released(answer: Answer, slot: Slot) -> Answer:
+    """The answer, its target's in-flight count dropped when it is done (a stream: on close)."""
+    if not isinstance(answer, StreamAnswer):
+        slot.stats.in_flight -= 1
+        return answer
+    close, done = answer.close, False
+
+    async def release() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            slot.stats.in_flight -= 1
+        await close()
+
+    answer.close = release
+    return answer
+
+
+def _body(state: GatewayState, request: Request, provider: Provider) -> dict[str, Any]:
+    """The body for ``provider``: the client's, with the system prompt that applies to this
+    key and provider (chat and Messages only)."""
+    if request.endpoint != "chat/completions" and request.dialect != "anthropic":
+        return request.body
+    prompt = system_prompt.effective(state.config.system_prompt, provider.config.system_prompt,
+                                     request.key.system_prompt)
+    return system_prompt.apply(request.dialect, request.body, prompt)
 
 
 async def _attempts(state: GatewayState, target: Target, request: Request) -> Answer:
     """One target, with its provider's retries (jittered exponential backoff)."""
     provider = state.providers.providers[target.provider]
-    call = Call(request.endpoint, request.body, target, upstream_streams(state, request, target), request.headers,
+    request.sent = _body(state, request, provider)
+    call = Call(request.endpoint, request.sent, target, upstream_streams(state, request, target), request.headers,
                 request.dialect)
     retries = provider.config.retries
     for attempt in range(retries + 1):
@@ -122,7 +257,8 @@ async def _attempts(state: GatewayState, target: Target, request: Request) -> An
         except UpstreamError as exc:
             log.warning("provider %s failed (%s, HTTP %d) for %s", target.provider, exc.reason, exc.status,
                         target.exposed)
-            again = exc.reason != "status" or exc.status in RETRY_STATUSES
+            # A pool without a usable key stays so for a while: no point trying it again now.
+            again = exc.reason not in ("status", "keys") or exc.status in RETRY_STATUSES
             if not (exc.retryable and again) or attempt == retries:
                 raise
             await asyncio.sleep(min(0.05 * 2**attempt, 1.0) * (0.5 + random.random()))

@@ -31,6 +31,7 @@ class RequestRecord:
     duration: float = 0.0
     answered: bool = False  # an answer came back (its usage, if any, is in ``usage``)
     usage: dict[str, Any] | None = None
+    estimated: bool = False  # the upstream reported no usage: ``usage`` is the gateway's estimate
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from vte_proxy.config import GatewayConfig, ProviderConfig, RouteConfig
+from vte_proxy.config import Breaker, GatewayConfig, ProviderConfig, RouteConfig, Strategy
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +30,18 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """What an exposed name resolves to; ``route`` is true for a fall-over route."""
+    """What an exposed name resolves to; ``route`` is true for a fall-over route.
+
+    A route's ``strategy`` orders its targets per request (:mod:`vte_proxy.balancing`);
+    ``weights`` has one weight per target; ``breaker`` guards each target.
+    """
 
     name: str
     targets: tuple[Target, ...]
     route: bool = False
+    strategy: Strategy = "fallback"
+    weights: tuple[float, ...] = ()
+    breaker: Breaker | None = None
 
 
 class RoutingError(Exception):
@@ -155,9 +162,13 @@ class _Build:
         if self.claims[route.name][0] != f"routes[{ri}].name":
             return
         targets: list[Target] = []
-        for ti, name in enumerate(route.targets):
-            targets.extend(self._route_target(f"routes[{ri}].targets[{ti}]", name))
-        self.entries[route.name] = Entry(route.name, tuple(targets), route=True)
+        weights: list[float] = []
+        for ti, rt in enumerate(route.targets):
+            found = self._route_target(f"routes[{ri}].targets[{ti}]", rt.model)
+            targets.extend(found)
+            weights.extend(rt.weight for _ in found)
+        self.entries[route.name] = Entry(route.name, tuple(targets), route=True, strategy=route.strategy,
+                                         weights=tuple(weights), breaker=route.breaker)
 
     def _route_target(self, place: str, name: str) -> tuple[Target, ...]:
         entry = self.entries.get(name)

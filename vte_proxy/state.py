@@ -21,12 +21,16 @@ from typing import Any
 
 from vte_proxy import metrics
 from vte_proxy.auth import KeyRing
+from vte_proxy.balancing import BREAKER_STATES, Balancer
 from vte_proxy.config import GatewayConfig, StreamMode
+from vte_proxy.keypool import STATES as KEY_STATES
+from vte_proxy.limits import Limiter, Stores
+from vte_proxy.limits.observe import LimitMetrics
 from vte_proxy.loader import ConfigError, LoadedConfig, config_hash, load_config, read_config
 from vte_proxy.providers import build_provider
 from vte_proxy.providers.base import Provider
 from vte_proxy.routing import RoutingError, RoutingTable, build_routing
-from vte_proxy.upstream import ConnectorFactory
+from vte_proxy.upstream import ConnectorFactory, Upstream
 
 log = logging.getLogger("vte_proxy.state")
 
@@ -80,7 +84,11 @@ class GatewayState:
     providers: ProviderSet
     stream_modes: Mapping[str, StreamMode]
     discovered: Mapping[str, tuple[str, ...]]
+    limiter: Limiter
     loaded_at: float = field(default_factory=time.time)
+    # Strategies' figures and circuit breakers per (route, target): one per process, kept
+    # across reloads (the Gateway's), so a reload does not forget a dead target.
+    balancer: Balancer = field(default_factory=Balancer)
 
     @property
     def config(self) -> GatewayConfig:
@@ -94,13 +102,29 @@ class ReloadFailure:
 
 
 def build_state(loaded: LoadedConfig, discovered: Mapping[str, tuple[str, ...]],
-                connector: ConnectorFactory | None = None) -> GatewayState:
+                connector: ConnectorFactory | None = None, stores: Stores | None = None,
+                balancer: Balancer | None = None, previous: ProviderSet | None = None) -> GatewayState:
+    """The state of one config. Its limiter counts in ``stores`` (the app's, which outlive
+    every config, so a reload keeps the counters); a fresh set when none is given.
+    ``previous``: the providers it replaces, whose key pools hand on the standing of unchanged
+    keys (none: every key starts ready)."""
     config = loaded.config
     routing = build_routing(config, discovered)
     providers = {p.name: build_provider(p, connector) for p in config.providers}
+    if previous is not None:
+        _adopt_pools(providers, previous.providers)
     modes = {p.name: p.stream_mode or config.stream_mode for p in config.providers}
+    store = (stores or Stores()).get(config.limits)
     return GatewayState(loaded, routing, KeyRing(config.keys), ProviderSet(providers, loaded.sha256[:12]), modes,
-                        dict(discovered))
+                        dict(discovered), Limiter(config, store, observer=LimitMetrics()),
+                        balancer=balancer or Balancer())
+
+
+def _adopt_pools(new: Mapping[str, Provider], old: Mapping[str, Provider]) -> None:
+    for name, provider in new.items():
+        upstream, before = getattr(provider, "upstream", None), getattr(old.get(name), "upstream", None)
+        if isinstance(upstream, Upstream) and isinstance(before, Upstream):
+            upstream.adopt(before)
 
 
 def pinned_state(scope: MutableMapping[str, Any], gateway: Gateway) -> GatewayState:
@@ -112,6 +136,11 @@ def pinned_state(scope: MutableMapping[str, Any], gateway: Gateway) -> GatewaySt
     return state
 
 
+def publish_breaker(route: str, target: str, state: str) -> None:
+    """A circuit changed state: ``vte_circuit_breaker_state``."""
+    metrics.set_states(metrics.BREAKER_STATE, (route, target), state, BREAKER_STATES)
+
+
 def _warn_start_only(old: GatewayConfig, new: GatewayConfig) -> None:
     for name in START_ONLY:
         if getattr(old.server, name, None) != getattr(new.server, name, None):
@@ -121,8 +150,10 @@ def _warn_start_only(old: GatewayConfig, new: GatewayConfig) -> None:
 class Gateway:
     """Holds the current :class:`GatewayState` and replaces it on reload."""
 
-    def __init__(self, config_path: str, connector: ConnectorFactory | None = None) -> None:
+    def __init__(self, config_path: str, connector: ConnectorFactory | None = None,
+                 stores: Stores | None = None) -> None:
         self.config_path = config_path
+        self.stores = stores or Stores()  # the limit counters: they outlive every config
         self.config_dir = Path(os.path.abspath(config_path)).parent
         self.connector = connector
         self._state: GatewayState | None = None
@@ -132,6 +163,7 @@ class Gateway:
         self._lock = asyncio.Lock()
         self._failed_hash = ""
         self.on_swap: list[Callable[[GatewayState], None]] = []
+        self.balancer = Balancer(on_change=publish_breaker)
 
     @property
     def state(self) -> GatewayState:
@@ -151,15 +183,24 @@ class Gateway:
         old = self._state
         self._state = new  # the one assignment requests see
         metrics.set_models_available(dict(new.routing.counts))
+        self._forget_gone(new)
         if old is not None and old.providers is not new.providers:
             old.providers.retire()
         for hook in self.on_swap:
             hook(new)
 
+    def _forget_gone(self, new: GatewayState) -> None:
+        """Drop the balancer slots and state series of routes, targets and keys that are gone."""
+        circuits = {(e.name, t.exposed) for e in new.routing.entries.values() if e.route for t in e.targets}
+        self.balancer.keep(circuits)
+        metrics.forget_states(metrics.BREAKER_STATE, circuits, BREAKER_STATES)
+        keys = {(p.name, k.name) for p in new.config.providers for k in p.api_keys or ()}
+        metrics.forget_states(metrics.KEY_STATE, keys, KEY_STATES)
+
     def load_initial(self) -> GatewayState:
         """Load the config at start; raise ConfigError when it is unusable."""
         loaded = load_config(self.config_path)
-        self._swap(build_state(loaded, {}, self.connector))
+        self._swap(build_state(loaded, {}, self.connector, self.stores, self.balancer))
         self._count("success")
         return self.state
 
@@ -182,7 +223,7 @@ class Gateway:
                 loaded = await asyncio.to_thread(load_config, self.config_path, None, raw)
             except ConfigError as exc:
                 return self._fail(str(exc), digest)
-            return self._apply(loaded, digest)
+            return self._apply(loaded, digest, keep_pools=not force)
 
     def _unchanged(self, digest: str) -> bool:
         """Whether ``digest`` needs no rebuild: the config being served (a reverted broken
@@ -196,12 +237,15 @@ class Gateway:
             return True
         return digest == self._failed_hash
 
-    def _apply(self, loaded: LoadedConfig, digest: str) -> bool:
+    def _apply(self, loaded: LoadedConfig, digest: str, keep_pools: bool = True) -> bool:
+        """Swap in ``loaded``. Key pools keep the standing of unchanged keys, except on a forced
+        reload (SIGHUP), which starts every key afresh (e.g. after an account was fixed)."""
         # Read the state again: discovery may have swapped one in while the file was parsed.
         current = self._state
         try:
             discovered = self._carry_discovered(current, loaded.config) if current else {}
-            new = build_state(loaded, discovered, self.connector)
+            previous = current.providers if current is not None and keep_pools else None
+            new = build_state(loaded, discovered, self.connector, self.stores, self.balancer, previous)
         except Exception as exc:  # a reload must never take the watcher down
             log.exception("building the state for %s failed", self.config_path)
             # Only the type: an exception's text may hold a value from the file.
@@ -223,7 +267,7 @@ class Gateway:
         for p in config.providers:
             old = next((o for o in current.config.providers if o.name == p.name), None)
             if (old and p.discover.enabled and old.base_url == p.base_url and old.api_key == p.api_key
-                    and p.name in current.discovered):
+                    and old.api_keys == p.api_keys and old.proxy == p.proxy and p.name in current.discovered):
                 out[p.name] = current.discovered[p.name]
         return out
 
@@ -259,3 +303,4 @@ class Gateway:
     async def aclose(self) -> None:
         if self._state is not None:
             await self._state.providers.aclose()
+        await self.stores.aclose()

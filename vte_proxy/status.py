@@ -5,7 +5,8 @@ Everything here is guarded by HTTP Basic (any user name, a key with ``status: tr
 password). Keys are shown by name only; upstream URLs by host only.
 
 Request and token totals come from the metrics, so with ``--workers N`` they cover every
-worker; the live log and the providers' recent error rates are those of the worker that
+worker; each key's use of its limits and budget comes from the limits store (with ``redis``:
+every worker and replica); the live log and the providers' recent error rates are those of the worker that
 serves the page.
 """
 
@@ -29,6 +30,8 @@ from vte_proxy import __version__, metrics
 from vte_proxy.accounting import Accounting
 from vte_proxy.config import ProviderConfig
 from vte_proxy.http import authenticate_status
+from vte_proxy.keypool import KeyPool
+from vte_proxy.providers.base import Provider
 from vte_proxy.routing import Entry
 from vte_proxy.state import Gateway, GatewayState
 
@@ -41,6 +44,28 @@ KEEP_ALIVE = 15.0  # seconds between SSE comments on an idle live log
 FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
            b'fill="#0f1318"/><path d="M3 5l3 3-3 3M8 11h5" stroke="#3fb950" stroke-width="1.6" fill="none" '
            b'stroke-linecap="round" stroke-linejoin="round"/></svg>')
+
+
+def _pool_keys(provider: Provider | None) -> list[dict[str, Any]] | None:
+    """A provider's upstream keys by name with their state (None without a pool)."""
+    upstream = getattr(provider, "upstream", None)
+    pool: KeyPool | None = getattr(upstream, "pool", None)
+    if pool is None:
+        return None
+    left = pool.seconds_left()
+    return [{"name": name, "state": st, "ready_in": left.get(name)} for name, st in pool.states().items()]
+
+
+def _circuits(state: GatewayState, entry: Entry) -> list[dict[str, Any]]:
+    """The circuit of each target of a route (closed until the route first used it)."""
+    breakers = state.balancer.breakers()
+    out = []
+    for t in entry.targets:
+        b = breakers.get((entry.name, t.exposed))
+        out.append({"target": t.exposed, "state": b.state if b else "closed",
+                    "consecutive_failures": b.consecutive if b else 0,
+                    "probe_in": round(b.retry_after(), 1) if b and b.state == "open" else None})
+    return out
 
 
 class StatusPage:
@@ -104,8 +129,16 @@ class StatusPage:
         denied = authenticate_status(self.gateway.state, request.headers)
         if denied is not None:
             return denied
-        return Response(orjson.dumps(self.snapshot()), media_type="application/json",
+        snapshot = self.snapshot()
+        await self._key_limits(snapshot["keys"])
+        return Response(orjson.dumps(snapshot), media_type="application/json",
                         headers={"cache-control": "no-store"})
+
+    async def _key_limits(self, keys: list[dict[str, Any]]) -> None:
+        """Each key's use of its own limits and budget, as the (shared) store counts them."""
+        limiter = self.gateway.state.limiter
+        for key in keys:
+            key["limits"] = await limiter.key_usage(key["name"])
 
     async def events(self, request: Request) -> Response:
         denied = authenticate_status(self.gateway.state, request.headers)
@@ -174,20 +207,24 @@ def _provider(p: ProviderConfig, state: GatewayState, disc: DiscoveryStatus | No
                                                 "last_error": disc.last_error},
         "recent_requests": total, "recent_errors": errors,
         "error_rate": round(errors / total, 4) if total else 0.0,
+        "upstream_keys": _pool_keys(state.providers.providers.get(p.name)),
     }
 
 
 def _models(state: GatewayState, per_model: Mapping[str, dict[str, int]]) -> list[dict[str, Any]]:
-    return [_model(entry, per_model.get(entry.name) or _ZERO) for entry in state.routing.entries.values()]
+    return [_model(entry, per_model.get(entry.name) or _ZERO, state) for entry in state.routing.entries.values()]
 
 
-def _model(entry: Entry, totals: dict[str, int]) -> dict[str, Any]:
-    """One exposed name: a model (its provider and upstream id) or a route (its targets), and its totals."""
+def _model(entry: Entry, totals: dict[str, int], state: GatewayState) -> dict[str, Any]:
+    """One exposed name: a model (its provider and upstream id) or a route (its targets, strategy
+    and circuits), and its totals."""
     t = None if entry.route or not entry.targets else entry.targets[0]
     return {"id": entry.name, "route": entry.route,
             "provider": None if t is None else t.provider,
             "upstream": None if t is None else t.upstream_model,
-            "targets": [x.exposed for x in entry.targets] if entry.route else None, **totals}
+            "targets": [x.exposed for x in entry.targets] if entry.route else None,
+            "strategy": entry.strategy if entry.route else None,
+            "circuits": _circuits(state, entry) if entry.route else None, **totals}
 
 
 def _unknown_requests(per_model: Mapping[str, dict[str, int]]) -> int:

@@ -15,6 +15,8 @@ patching anything.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -23,8 +25,12 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from vte_proxy import metrics
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
+from vte_proxy.keypool import STATES, KeyPool, PoolKey, parse_retry_after
+
+log = logging.getLogger("vte_proxy.upstream")
 
 ConnectorFactory = Callable[[ProviderConfig], aiohttp.BaseConnector]
 
@@ -41,11 +47,25 @@ def default_connector(provider: ProviderConfig) -> aiohttp.BaseConnector:
 
 
 def provider_secrets(provider: ProviderConfig) -> list[str]:
-    """Everything in a provider's config that may be a credential: its key and header values."""
+    """Everything in a provider's config that may be a credential: its keys (one or a pool),
+    header values and the outbound proxy's URL and password."""
     secrets = [v for v in provider.headers.values() if len(v) >= 8]
     if provider.api_key:
         secrets.append(provider.api_key.get_secret_value())
+    secrets.extend(k.key.get_secret_value() for k in provider.api_keys or ())
+    if provider.proxy is not None:
+        url = URL(provider.proxy.get_secret_value())
+        secrets.append(str(url))
+        if url.password:
+            secrets.append(url.password)
     return secrets
+
+
+def outbound_proxy(provider: ProviderConfig) -> URL | None:
+    """The provider's outbound proxy. aiohttp turns credentials in it into Proxy-Authorization
+    (on each plain-http request, on the CONNECT of an https one); transport errors are mapped
+    by exception class only (:meth:`Upstream.send`), so the URL never reaches a message."""
+    return None if provider.proxy is None else URL(provider.proxy.get_secret_value())
 
 
 class Redactor:
@@ -78,16 +98,17 @@ def transport_error(provider: str, exc: BaseException, *, started: bool, first_b
                                  "timeout", reason or "idle")
         return UpstreamError(provider, 502, f"provider {provider!r} broke the connection mid-answer "
                              f"({exc.__class__.__name__})", reason or "truncated")
+    # Subclasses first: aiohttp's timeouts are TimeoutErrors too.
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         message, status, why = f"could not connect to provider {provider!r} (timeout)", 502, "connect"
-    elif isinstance(exc, TimeoutError):
-        message, status, why = f"provider {provider!r} did not answer within {first_byte or 0:g}s", 504, "timeout"
     elif isinstance(exc, aiohttp.ServerTimeoutError):
         message, status, why = f"provider {provider!r} did not answer in time", 504, "timeout"
+    elif isinstance(exc, TimeoutError):
+        message, status, why = f"provider {provider!r} did not answer within {first_byte or 0:g}s", 504, "timeout"
     else:
         message, status = f"could not connect to provider {provider!r} ({exc.__class__.__name__})", 502
         why = "connect"
-    return UpstreamError(provider, status, message, reason or why, retryable=True)
+    return UpstreamError(provider, status, message, reason or why, retryable=True, answered=False)
 
 
 async def error_from_response(response: UpstreamResponse, shaper: ErrorShaper | None = None,
@@ -183,10 +204,24 @@ def parse_json_object(provider: str, raw: bytes, reason: str = "protocol") -> di
     return body
 
 
-class Upstream:
-    """One provider's connection pool and the only place that talks to it."""
+# How a provider type sends its key: the headers for one key value.
+AuthHeaders = Callable[[str], dict[str, str]]
+# Statuses that say something about the key rather than the request.
+KEY_COOLS, KEY_REJECTED = (429,), (401, 403)
 
-    def __init__(self, provider: ProviderConfig, connector: ConnectorFactory | None = None) -> None:
+
+class Upstream:
+    """One provider's connection pool and the only place that talks to it.
+
+    With ``api_keys``, it also owns the provider's :class:`~vte_proxy.keypool.KeyPool`: each
+    request goes out with a key picked by weight (``auth`` makes its headers); a 429 cools the
+    key and a 401/403 disables it, and the request is sent again with another key, all before
+    any byte reached the client. With no key ready, a 429 (``upstream_keys_cooling``, with the
+    earliest Retry-After) or 503 (``upstream_keys_rejected``) is raised, reason ``keys``.
+    """
+
+    def __init__(self, provider: ProviderConfig, connector: ConnectorFactory | None = None,
+                 auth: AuthHeaders | None = None) -> None:
         self.name = provider.name
         t = provider.timeouts
         self._first_byte = t.first_byte or None
@@ -198,6 +233,15 @@ class Upstream:
         self._connector = connector or default_connector
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
+        self._proxy = outbound_proxy(provider)
+        self.pool: KeyPool | None = None
+        self._closed = False
+        self._auth: dict[str, dict[str, str]] = {}
+        if provider.api_keys and auth is not None:
+            keys = [PoolKey(k.name, k.key.get_secret_value(), k.weight) for k in provider.api_keys]
+            self.pool = KeyPool(keys, provider.cooldown)
+            self._auth = {k.name: auth(k.secret) for k in keys}
+            self._publish()
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop (aiohttp binds sessions to a loop).
@@ -219,19 +263,77 @@ class Upstream:
         """Send a request and wait for the response headers (``first_byte`` timeout); a non-2xx
         answer is raised as an UpstreamError (``shaper`` translates a foreign error shape;
         ``reason`` overrides the metric's reason, e.g. ``discovery``)."""
+        if self.pool is None:
+            return await self._send(method, url, headers, content, shaper, reason)
+        tried: list[str] = []
+        while (key := self.pool.pick(tried)) is not None:
+            tried.append(key.name)
+            response = await self._send(method, url, {**headers, **self._auth[key.name]}, content, shaper, reason,
+                                        key_status=True)
+            if response.status not in KEY_COOLS + KEY_REJECTED:
+                return response
+            await self._rest(key, response, shaper, reason)
+        raise self._exhausted()
+
+    async def _rest(self, key: PoolKey, response: UpstreamResponse, shaper: ErrorShaper | None,
+                    reason: str | None) -> None:
+        """Take ``key`` out for what ``response`` (429, 401 or 403) says; count the failure."""
+        assert self.pool is not None
+        await error_from_response(response, shaper, reason)  # counted in vte_upstream_errors_total
+        if response.status in KEY_COOLS:
+            seconds = self.pool.cool(key.name, parse_retry_after(response.headers.get("retry-after")))
+            log.warning("provider %s: upstream key %s is rate limited, resting it %.0fs", self.name, key.name,
+                        seconds)
+            asyncio.get_running_loop().call_later(seconds + 0.01, self._publish)
+        else:
+            self.pool.disable(key.name)
+            log.error("provider %s: upstream key %s was rejected (HTTP %d); it stays out until the config "
+                      "changes", self.name, key.name, response.status)
+        self._publish()
+
+    def adopt(self, old: Upstream) -> None:
+        """After a reload: keep the standing of the keys the new config did not change."""
+        if self.pool is None or old.pool is None:
+            return
+        self.pool.adopt(old.pool)
+        self._publish()
+        wait = self.pool.seconds_left()
+        if wait:
+            asyncio.get_running_loop().call_later(max(wait.values()) + 0.01, self._publish)
+
+    def _exhausted(self) -> UpstreamError:
+        assert self.pool is not None
+        wait = self.pool.retry_after()
+        if wait is None:
+            return UpstreamError(self.name, 503, f"every upstream key of provider {self.name!r} was rejected",
+                                 "keys", retryable=True, code="upstream_keys_rejected")
+        return UpstreamError(self.name, 429, f"every upstream key of provider {self.name!r} is rate limited",
+                             "keys", retryable=True, code="upstream_keys_cooling",
+                             headers={"retry-after": str(max(math.ceil(wait), 1))})
+
+    def _publish(self) -> None:
+        """The pool's key states into ``vte_upstream_key_state``."""
+        if self.pool is not None and not self._closed:
+            for name, state in self.pool.states().items():
+                metrics.set_states(metrics.KEY_STATE, (self.name, name), state, STATES)
+
+    async def _send(self, method: str, url: str, headers: Mapping[str, str], content: bytes | None,
+                    shaper: ErrorShaper | None, reason: str | None, key_status: bool = False) -> UpstreamResponse:
+        """One request; ``key_status``: a 401/403/429 is returned, not raised (the pool decides)."""
         deadline = time.monotonic() + self._total if self._total else None
         try:
             async with asyncio.timeout(self._first_byte):
                 response = await self._client().request(method, self._url(url), headers=headers, data=content,
-                                                        allow_redirects=False)
+                                                        allow_redirects=False, proxy=self._proxy)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise transport_error(self.name, exc, started=False, first_byte=self._first_byte,
                                   reason=reason) from None
         result = UpstreamResponse(self, response, deadline)
-        if response.status >= 400:
+        if response.status >= 400 and not (key_status and response.status in KEY_COOLS + KEY_REJECTED):
             raise await error_from_response(result, shaper, reason)
         return result
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()

@@ -26,6 +26,10 @@ METRICS = {
     "vte_config_reloads_total",
     "vte_config_last_reload_success_timestamp_seconds",
     "vte_models_available",
+    "vte_upstream_key_state",
+    "vte_route_selections_total",
+    "vte_circuit_breaker_state",
+    "vte_usage_estimated_total",
 }
 # Labels each metric has (PRODUCT.md), plus the ones Prometheus adds to every series.
 LABELS = {
@@ -39,6 +43,10 @@ LABELS = {
     "vte_config_reloads_total": {"result"},
     "vte_config_last_reload_success_timestamp_seconds": set(),
     "vte_models_available": {"provider"},
+    "vte_upstream_key_state": {"provider", "upstream_key", "state"},
+    "vte_route_selections_total": {"route", "target"},
+    "vte_circuit_breaker_state": {"route", "target", "state"},
+    "vte_usage_estimated_total": {"provider"},
 }
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 UNITS = {"s", "ms", "reqps", "ops", "short", "none", "percent", "percentunit", "dtdurations", "dateTimeFromNow"}

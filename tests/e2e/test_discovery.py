@@ -3,13 +3,13 @@ on `openai` providers, through a real `vte-proxy serve` process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.test_reload import Probe, eventually, openai_provider, write_atomic
-from tests.support import ScriptedUpstream, gateway_yaml, running_gateway
+from tests.conftest import Stack, gateway_fixture
+from tests.e2e.test_reload import Probe, openai_provider, write_atomic
+from tests.support import ScriptedUpstream, eventually, gateway_yaml
 
 UPSTREAM_MODELS = ["gpt-4o", "gpt-4o-mini", "gpt-4o-audio-preview", "o3", "text-embedding-3-small"]
 STATIC = {"up/gpt-4o", "up/gpt-4o-mini", "demo/echo"}
@@ -40,11 +40,18 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def listing_upstream(module_upstream: ScriptedUpstream) -> ScriptedUpstream:
+    """The module's upstream, listing UPSTREAM_MODELS before the gateway's first discovery round."""
     module_upstream.models = list(UPSTREAM_MODELS)
-    text = config(module_upstream.url)
-    with running_gateway(tmp_path_factory.mktemp("discovery"), text) as gw:
-        yield Setup(Probe(gw), module_upstream, text)
+    return module_upstream
+
+
+stack = gateway_fixture(config, upstream="listing_upstream")
+
+
+@pytest.fixture(scope="module")
+def setup(stack: Stack[ScriptedUpstream]) -> Setup:
+    return Setup(Probe(stack.gateway), stack.upstream, stack.config)
 
 
 @pytest.fixture

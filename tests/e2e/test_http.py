@@ -7,15 +7,13 @@ import openai
 import pytest
 
 from tests.conftest import Stack
-from tests.support import CLIENT_KEY, UPSTREAM_KEY, Reply, completion, gateway_yaml, running_gateway
-
-MESSAGES = [{"role": "user", "content": "Say hello"}]
+from tests.support import CLIENT_KEY, HELLO, LIMITED_KEY, UPSTREAM_KEY, Reply, completion, gateway_yaml, running_gateway
 
 
 def test_models_lists_exposed_names_this_key_may_use(s: Stack) -> None:
     ids = {m.id for m in s.client().models.list()}
     assert ids == {"up/gpt-4o", "up/gpt-4o-mini", "demo/echo"}
-    assert {m.id for m in s.client("sk-limited-key-000").models.list()} == {"demo/echo"}
+    assert {m.id for m in s.client(LIMITED_KEY).models.list()} == {"demo/echo"}
 
 
 def test_model_lookup_by_exposed_name_with_slash(s: Stack) -> None:
@@ -24,24 +22,24 @@ def test_model_lookup_by_exposed_name_with_slash(s: Stack) -> None:
     with pytest.raises(openai.NotFoundError):
         s.client().models.retrieve("up/unknown")
     with pytest.raises(openai.NotFoundError):  # exists, but not for this key
-        s.client("sk-limited-key-000").models.retrieve("up/gpt-4o")
+        s.client(LIMITED_KEY).models.retrieve("up/gpt-4o")
 
 
 def test_chat_rewrites_only_the_model_and_sends_the_upstream_key(s: Stack) -> None:
     body = {"temperature": 0.25, "user": "u1", "tools": [{"type": "function", "function": {"name": "f",
                                                                                            "parameters": {}}}]}
-    r = s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES, **body)  # type: ignore[arg-type]
+    r = s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO, **body)  # type: ignore[arg-type]
     assert r.model == "up/gpt-4o"
     assert r.choices[0].message.content == "Hello world"
     got = s.upstream.last("/chat/completions")
-    assert got.body == {"model": "gpt-4o", "messages": MESSAGES, **body}
+    assert got.body == {"model": "gpt-4o", "messages": HELLO, **body}
     assert got.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert got.headers["x-custom"] == "custom-value"
 
 
 def test_client_credentials_cookies_and_hop_by_hop_headers_are_not_forwarded(s: Stack) -> None:
     r = httpx.post(s.gateway.url + "/v1/chat/completions",
-                   json={"model": "up/gpt-4o", "messages": MESSAGES},
+                   json={"model": "up/gpt-4o", "messages": HELLO},
                    headers={"Authorization": f"Bearer {CLIENT_KEY}", "Cookie": "session=abc",
                             "Proxy-Authorization": "Basic eA==", "TE": "trailers", "Upgrade": "h2c",
                             "X-Forwarded-For": "1.2.3.4", "OpenAI-Beta": "assistants=v2",
@@ -55,7 +53,7 @@ def test_client_credentials_cookies_and_hop_by_hop_headers_are_not_forwarded(s: 
 
 
 def test_stream_passes_chunks_through_with_the_exposed_model(s: Stack) -> None:
-    stream = s.client().chat.completions.create(model="up/gpt-4o-mini", messages=MESSAGES, stream=True)
+    stream = s.client().chat.completions.create(model="up/gpt-4o-mini", messages=HELLO, stream=True)
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world"
     assert {c.model for c in chunks} == {"up/gpt-4o-mini"}
@@ -64,7 +62,7 @@ def test_stream_passes_chunks_through_with_the_exposed_model(s: Stack) -> None:
 
 def test_stream_response_headers_disable_proxy_buffering(s: Stack) -> None:
     with httpx.stream("POST", s.gateway.url + "/v1/chat/completions",
-                      json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True},
+                      json={"model": "up/gpt-4o", "messages": HELLO, "stream": True},
                       headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["cache-control"] == "no-cache"
@@ -97,9 +95,9 @@ def test_streamed_completions_and_responses_carry_the_exposed_model(s: Stack) ->
 
 def test_echo_provider_answers_every_endpoint(s: Stack) -> None:
     c = s.client()
-    assert c.chat.completions.create(model="demo/echo", messages=MESSAGES).choices[0].message.content == "Say hello"
+    assert c.chat.completions.create(model="demo/echo", messages=HELLO).choices[0].message.content == "Say hello"
     words = [ch.choices[0].delta.content for ch in c.chat.completions.create(
-        model="demo/echo", messages=MESSAGES, stream=True) if ch.choices and ch.choices[0].delta.content]
+        model="demo/echo", messages=HELLO, stream=True) if ch.choices and ch.choices[0].delta.content]
     assert words == ["Say ", "hello"]
     assert len(c.embeddings.create(model="demo/echo", input=["a", "b"]).data) == 2
     assert c.completions.create(model="demo/echo", prompt="one two").choices[0].text == "one two"
@@ -114,7 +112,7 @@ def test_key_is_accepted_in_alternative_headers(s: Stack, header: str) -> None:
 
 def test_bad_or_missing_key_is_401(s: Stack) -> None:
     with pytest.raises(openai.AuthenticationError) as exc:
-        s.client("sk-wrong").chat.completions.create(model="up/gpt-4o", messages=MESSAGES)
+        s.client("sk-wrong").chat.completions.create(model="up/gpt-4o", messages=HELLO)
     assert exc.value.status_code == 401
     r = httpx.post(s.gateway.url + "/v1/chat/completions", json={"model": "up/gpt-4o"})
     assert r.status_code == 401
@@ -124,7 +122,7 @@ def test_bad_or_missing_key_is_401(s: Stack) -> None:
 
 def test_model_outside_the_key_allow_list_is_403(s: Stack) -> None:
     with pytest.raises(openai.PermissionDeniedError) as exc:
-        s.client("sk-limited-key-000").chat.completions.create(model="up/gpt-4o", messages=MESSAGES)
+        s.client(LIMITED_KEY).chat.completions.create(model="up/gpt-4o", messages=HELLO)
     assert exc.value.status_code == 403
     assert exc.value.body["code"] == "model_not_allowed"  # type: ignore[index]
 
@@ -132,7 +130,7 @@ def test_model_outside_the_key_allow_list_is_403(s: Stack) -> None:
 @pytest.mark.parametrize("model", ["x/gpt-4o", "gpt-4o", "up/", "up/gpt-4o/extra", "demo/gpt-4o"])
 def test_unknown_or_wrongly_prefixed_model_is_404_and_never_reaches_a_provider(s: Stack, model: str) -> None:
     with pytest.raises(openai.NotFoundError):
-        s.client().chat.completions.create(model=model, messages=MESSAGES)
+        s.client().chat.completions.create(model=model, messages=HELLO)
     assert not s.upstream.requests
 
 
@@ -150,14 +148,14 @@ def test_upstream_429_passes_through_with_retry_after(s: Stack) -> None:
     s.upstream.push(Reply({"error": {"message": "slow down", "type": "rate_limit", "code": "rate"}}, 429,
                           {"Retry-After": "7"}))
     with pytest.raises(openai.RateLimitError) as exc:
-        s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES)
+        s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO)
     assert exc.value.response.headers["retry-after"] == "7"
     assert exc.value.body["message"] == "slow down"  # type: ignore[index]
 
 
 def test_upstream_error_body_passes_through_without_the_upstream_key(s: Stack) -> None:
     s.upstream.push(Reply({"error": {"message": f"bad key {UPSTREAM_KEY}", "type": "invalid", "code": None}}, 400))
-    r = httpx.post(s.gateway.url + "/v1/chat/completions", json={"model": "up/gpt-4o", "messages": MESSAGES},
+    r = httpx.post(s.gateway.url + "/v1/chat/completions", json={"model": "up/gpt-4o", "messages": HELLO},
                    headers={"Authorization": f"Bearer {CLIENT_KEY}"})
     assert r.status_code == 400
     assert UPSTREAM_KEY not in r.text
@@ -167,14 +165,14 @@ def test_upstream_error_body_passes_through_without_the_upstream_key(s: Stack) -
 def test_non_json_upstream_error_becomes_an_openai_shaped_error(s: Stack) -> None:
     s.upstream.push(Reply(b"<html>bad gateway</html>", 502))
     with pytest.raises(openai.APIStatusError) as exc:
-        s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES)
+        s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO)
     assert exc.value.status_code == 502
     assert "answered HTTP 502" in exc.value.message
 
 
 def test_dated_model_names_from_the_upstream_are_rewritten_too(s: Stack) -> None:
     s.upstream.push(Reply(completion("gpt-4o-2024-08-06")))
-    assert s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES).model == "up/gpt-4o"
+    assert s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO).model == "up/gpt-4o"
 
 
 def test_health_and_readiness(s: Stack) -> None:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,12 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
+from tests.conftest import Stack, gateway_fixture
 from tests.support import (
+    ADMIN_KEY,
     CLIENT_KEY,
+    LIMITED_KEY,
+    THREE_WORDS,
     UPSTREAM_KEY,
     GatewayProcess,
     Reply,
@@ -25,15 +28,13 @@ from tests.support import (
     running_gateway,
 )
 
-STATUS_KEY = "sk-admin-key-000"
 WRONG_KEY = "sk-wrong-SECRET-777777"
-SECRETS = [CLIENT_KEY, UPSTREAM_KEY, STATUS_KEY, "sk-limited-key-000", WRONG_KEY]
-MESSAGES = [{"role": "user", "content": "one two three"}]
+SECRETS = [CLIENT_KEY, UPSTREAM_KEY, ADMIN_KEY, LIMITED_KEY, WRONG_KEY]
 
 
 def post(gw: GatewayProcess, model: str, key: str = CLIENT_KEY, **extra: Any) -> httpx.Response:
     return httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                      json={"model": model, "messages": MESSAGES, **extra}, timeout=10)
+                      json={"model": model, "messages": THREE_WORDS, **extra}, timeout=10)
 
 
 def traffic(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
@@ -47,11 +48,11 @@ def traffic(gw: GatewayProcess, upstream: ScriptedUpstream) -> None:
     r = post(gw, "up/gpt-4o")
     assert r.status_code == 500 and UPSTREAM_KEY not in r.text
     assert post(gw, "bad\nmodel\r\n2025-01-01 FORGED line").status_code == 404
-    assert httpx.get(gw.url + "/status.json", auth=("ops", STATUS_KEY)).status_code == 200
+    assert httpx.get(gw.url + "/status.json", auth=("ops", ADMIN_KEY)).status_code == 200
     assert httpx.get(gw.url + "/", auth=("ops", WRONG_KEY)).status_code == 401
     ws_url = gw.url.replace("http://", "ws://") + "/v1/chat/completions/ws"
     with connect(f"{ws_url}?api_key={CLIENT_KEY}") as ws:  # the key in the URL: uvicorn logs URLs
-        ws.send(json.dumps({"model": "demo/echo", "messages": MESSAGES}))
+        ws.send(json.dumps({"model": "demo/echo", "messages": THREE_WORDS}))
         while ws.recv(timeout=10) != "data: [DONE]":
             pass
 
@@ -62,14 +63,16 @@ def assert_no_secret(text: str) -> None:
             assert form not in text, f"{form!r} leaked into the log"
 
 
+stack = gateway_fixture(gateway_yaml, log_format="json", log_level="debug")
+
+
 @pytest.fixture(scope="module")
-def json_debug_log(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[list[dict[str, Any]]]:
-    tmp = tmp_path_factory.mktemp("jsonlog")
-    with running_gateway(tmp, gateway_yaml(module_upstream.url), log_format="json", log_level="debug") as gw:
-        traffic(gw, module_upstream)
-        requests_logged = 6  # the /v1 requests above, the WebSocket one included
-        wait_for_lines(gw, '"logger":"vte_proxy.access"', requests_logged)
+def json_debug_log(stack: Stack[ScriptedUpstream]) -> list[dict[str, Any]]:
+    """The log records of this module's gateway after :func:`traffic` (and nothing else) went through it."""
+    gw = stack.gateway
+    traffic(gw, stack.fresh().upstream)
+    requests_logged = 6  # the /v1 requests above, the WebSocket one included
+    wait_for_lines(gw, '"logger":"vte_proxy.access"', requests_logged)
     text = gw.logs()
     assert_no_secret(text)
     lines = [line for line in text.splitlines() if line.strip()]
@@ -78,7 +81,7 @@ def json_debug_log(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.T
         obj = json.loads(line)  # every line is one JSON object
         assert isinstance(obj, dict) and {"time", "level", "logger", "message"} <= set(obj)
         records.append(obj)
-    yield records
+    return records
 
 
 def wait_for_lines(gw: GatewayProcess, needle: str, count: int) -> None:

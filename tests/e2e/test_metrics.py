@@ -23,7 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Stack
 from tests.support import (
+    ADMIN_KEY,
     CLIENT_KEY,
+    LIMITED_KEY,
+    THREE_WORDS,
     UPSTREAM_KEY,
     GatewayProcess,
     Reply,
@@ -34,10 +37,7 @@ from tests.support import (
     running_gateway,
 )
 
-STATUS_KEY = "sk-admin-key-000"
-LIMITED_KEY = "sk-limited-key-000"
-SECRETS = [CLIENT_KEY, LIMITED_KEY, STATUS_KEY, UPSTREAM_KEY]
-MESSAGES = [{"role": "user", "content": "one two three"}]  # echo: 3 prompt and 3 completion tokens
+SECRETS = [CLIENT_KEY, LIMITED_KEY, ADMIN_KEY, UPSTREAM_KEY]
 
 Labels = frozenset[tuple[str, str]]
 
@@ -72,7 +72,7 @@ def post(gw: GatewayProcess, endpoint: str, body: dict[str, object], key: str = 
 
 
 def chat(gw: GatewayProcess, model: str, key: str = CLIENT_KEY, **extra: object) -> httpx.Response:
-    return post(gw, "chat/completions", {"model": model, "messages": MESSAGES, **extra}, key)
+    return post(gw, "chat/completions", {"model": model, "messages": THREE_WORDS, **extra}, key)
 
 
 def delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
@@ -174,7 +174,7 @@ def test_requests_by_code_with_unknown_models_collapsed(s: Stack) -> None:
         assert secret not in after.text
 
 
-def test_answers_without_usage_are_counted_not_guessed(s: Stack) -> None:
+def test_answers_without_usage_are_counted_and_estimated(s: Stack) -> None:
     gw = s.gateway
     bare = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
@@ -185,7 +185,9 @@ def test_answers_without_usage_are_counted_not_guessed(s: Stack) -> None:
     assert chat(gw, "up/gpt-4o", stream=True).status_code == 200
     after = scrape(gw.url)
     assert delta(before, after, "vte_usage_missing_total", provider="up") == 2
-    assert delta(before, after, "vte_tokens_total") == 0
+    assert delta(before, after, "vte_usage_estimated_total", provider="up") == 2  # estimated offline, marked
+    assert delta(before, after, "vte_tokens_total", type="completion") == 2  # "hi" twice
+    assert delta(before, after, "vte_tokens_total", type="prompt") > 0
     assert delta(before, after, "vte_requests_total", code="200", model="up/gpt-4o") == 2
 
 
@@ -207,8 +209,8 @@ def test_metrics_auth_wants_a_status_key(upstream: ScriptedUpstream, tmp_path: P
             assert r.headers["www-authenticate"].startswith("Basic ")
             assert "vte_requests" not in r.text
         assert chat(gw, "demo/echo").status_code == 200
-        by_basic = scrape(gw.url, auth=("prometheus", STATUS_KEY))
-        by_bearer = scrape(gw.url, headers={"Authorization": f"Bearer {STATUS_KEY}"})
+        by_basic = scrape(gw.url, auth=("prometheus", ADMIN_KEY))
+        by_bearer = scrape(gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         for m in (by_basic, by_bearer):
             assert m.sum("vte_tokens_total", model="demo/echo", key="team") == 6
 
@@ -236,7 +238,7 @@ def test_two_workers_share_one_metrics_view(upstream: ScriptedUpstream, tmp_path
         assert m.sum("vte_in_flight_requests") == 0
         assert m.sum("vte_models_available", provider="up") == 2  # one value, not one per worker
         # The status page's totals come from the same shared view.
-        status = httpx.get(gw.url + "/status.json", auth=("ops", STATUS_KEY)).json()
+        status = httpx.get(gw.url + "/status.json", auth=("ops", ADMIN_KEY)).json()
         assert status["worker"]["multiprocess"] is True
         assert status["totals"]["requests"] == 20
         # Every worker reloads the config: 2 initial loads, then 2 reloads.

@@ -7,15 +7,16 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, gateway_fixture
 from tests.support import (
     CLIENT_KEY,
+    HELLO,
+    LIMITED_KEY,
     Hang,
     Reply,
     ScriptedUpstream,
@@ -26,7 +27,6 @@ from tests.support import (
     running_gateway,
 )
 
-MESSAGES = [{"role": "user", "content": "hi"}]
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 
 
@@ -64,109 +64,100 @@ ROUTES = """\
 """
 
 
-@pytest.fixture(scope="module")
-def rel(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    cfg = gateway_yaml(module_upstream.url, providers(module_upstream.url, free_port()), routes=ROUTES,
-                       server="max_concurrency: 4\nbody_timeout: 1s\nheader_timeout: 1s\n")
-    with running_gateway(tmp_path_factory.mktemp("rel"), cfg) as gw:
-        yield Stack(module_upstream, gw)
+stack = gateway_fixture(lambda url: gateway_yaml(url, providers(url, free_port()), routes=ROUTES,
+                                                  server="max_concurrency: 4\nbody_timeout: 1s\nheader_timeout: 1s\n"))
 
 
-@pytest.fixture
-def r(rel: Stack) -> Stack:
-    return rel.fresh()
-
-
-def test_unreachable_upstream_is_502_with_an_openai_error(r: Stack) -> None:
+def test_unreachable_upstream_is_502_with_an_openai_error(s: Stack) -> None:
     with pytest.raises(openai.APIStatusError) as exc:
-        r.client().chat.completions.create(model="dead/m", messages=MESSAGES)
+        s.client().chat.completions.create(model="dead/m", messages=HELLO)
     assert exc.value.status_code == 502
     assert exc.value.body["code"] == "connect"  # type: ignore[index]
     assert "127.0.0.1" not in exc.value.message  # no upstream address in client errors
 
 
-def test_route_falls_over_to_the_next_target_on_connect_error(r: Stack) -> None:
-    got = r.client().chat.completions.create(model="smart", messages=MESSAGES)
+def test_route_falls_over_to_the_next_target_on_connect_error(s: Stack) -> None:
+    got = s.client().chat.completions.create(model="smart", messages=HELLO)
     assert got.model == "smart" and got.choices[0].message.content == "Hello world"
-    assert r.upstream.last().body["model"] == "gpt-4o"
+    assert s.upstream.last().body["model"] == "gpt-4o"
 
 
-def test_route_falls_over_on_429_and_5xx_for_streams_too(r: Stack) -> None:
-    r.upstream.push(Reply({"error": {"message": "slow down"}}, 429))
-    assert r.client().chat.completions.create(model="busy", messages=MESSAGES).choices[0].message.content == "hi"
-    r.upstream.push(Reply({"error": {"message": "boom"}}, 500))
-    chunks = list(r.client().chat.completions.create(model="busy", messages=MESSAGES, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hi"
+def test_route_falls_over_on_429_and_5xx_for_streams_too(s: Stack) -> None:
+    s.upstream.push(Reply({"error": {"message": "slow down"}}, 429))
+    assert s.client().chat.completions.create(model="busy", messages=HELLO).choices[0].message.content == "Say hello"
+    s.upstream.push(Reply({"error": {"message": "boom"}}, 500))
+    chunks = list(s.client().chat.completions.create(model="busy", messages=HELLO, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Say hello"
     assert {c.model for c in chunks} == {"busy"}
 
 
-def test_route_does_not_fall_over_on_a_client_error(r: Stack) -> None:
-    r.upstream.push(Reply({"error": {"message": "bad request"}}, 400))
+def test_route_does_not_fall_over_on_a_client_error(s: Stack) -> None:
+    s.upstream.push(Reply({"error": {"message": "bad request"}}, 400))
     with pytest.raises(openai.BadRequestError):
-        r.client().chat.completions.create(model="never", messages=MESSAGES)
-    assert len(r.upstream.requests) == 1
+        s.client().chat.completions.create(model="never", messages=HELLO)
+    assert len(s.upstream.requests) == 1
 
 
-def test_route_does_not_fall_over_once_bytes_reached_the_client(r: Stack) -> None:
-    r.upstream.push(Stream([chunk("gpt-4o", {"content": "part"})], cut=True))
+def test_route_does_not_fall_over_once_bytes_reached_the_client(s: Stack) -> None:
+    s.upstream.push(Stream([chunk("gpt-4o", {"content": "part"})], cut=True))
     with pytest.raises(openai.APIError):
-        list(r.client().chat.completions.create(model="busy", messages=MESSAGES, stream=True))
-    assert len(r.upstream.requests) == 1  # demo/echo was never tried
+        list(s.client().chat.completions.create(model="busy", messages=HELLO, stream=True))
+    assert len(s.upstream.requests) == 1  # demo/echo was never tried
 
 
-def test_routes_are_listed_and_obey_allow_lists(r: Stack) -> None:
-    assert {"smart", "busy", "never"} <= {m.id for m in r.client().models.list()}
+def test_routes_are_listed_and_obey_allow_lists(s: Stack) -> None:
+    assert {"smart", "busy", "never"} <= {m.id for m in s.client().models.list()}
     with pytest.raises(openai.PermissionDeniedError):
-        r.client("sk-limited-key-000").chat.completions.create(model="busy", messages=MESSAGES)
+        s.client(LIMITED_KEY).chat.completions.create(model="busy", messages=HELLO)
 
 
-def test_retries_absorb_a_flaky_upstream(r: Stack) -> None:
-    r.upstream.push(Reply({"error": {"message": "x"}}, 503), Reply({"error": {"message": "x"}}, 502))
-    got = r.client().chat.completions.create(model="flaky/m", messages=MESSAGES)
+def test_retries_absorb_a_flaky_upstream(s: Stack) -> None:
+    s.upstream.push(Reply({"error": {"message": "x"}}, 503), Reply({"error": {"message": "x"}}, 502))
+    got = s.client().chat.completions.create(model="flaky/m", messages=HELLO)
     assert got.choices[0].message.content == "Hello world"
-    assert len(r.upstream.requests) == 3
+    assert len(s.upstream.requests) == 3
 
 
-def test_retries_give_up_after_the_configured_count(r: Stack) -> None:
-    r.upstream.push(*[Reply({"error": {"message": "x"}}, 503)] * 3)
+def test_retries_give_up_after_the_configured_count(s: Stack) -> None:
+    s.upstream.push(*[Reply({"error": {"message": "x"}}, 503)] * 3)
     with pytest.raises(openai.InternalServerError) as exc:
-        r.client().chat.completions.create(model="flaky/m", messages=MESSAGES)
+        s.client().chat.completions.create(model="flaky/m", messages=HELLO)
     assert exc.value.status_code == 503
-    assert len(r.upstream.requests) == 3
+    assert len(s.upstream.requests) == 3
 
 
-def test_retries_do_not_repeat_a_429_or_500(r: Stack) -> None:
-    r.upstream.push(Reply({"error": {"message": "x"}}, 500))
+def test_retries_do_not_repeat_a_429_or_500(s: Stack) -> None:
+    s.upstream.push(Reply({"error": {"message": "x"}}, 500))
     with pytest.raises(openai.InternalServerError):
-        r.client().chat.completions.create(model="flaky/m", messages=MESSAGES)
-    assert len(r.upstream.requests) == 1
+        s.client().chat.completions.create(model="flaky/m", messages=HELLO)
+    assert len(s.upstream.requests) == 1
 
 
-def test_first_byte_timeout_is_504(r: Stack) -> None:
-    r.upstream.push(Hang(5))
+def test_first_byte_timeout_is_504(s: Stack) -> None:
+    s.upstream.push(Hang(5))
     t0 = time.monotonic()
     with pytest.raises(openai.APIStatusError) as exc:
-        r.client().chat.completions.create(model="slow/m", messages=MESSAGES)
+        s.client().chat.completions.create(model="slow/m", messages=HELLO)
     assert exc.value.status_code == 504
     assert time.monotonic() - t0 < 4  # bounded by the 1 s timeout, not the 5 s hang
 
 
-def test_idle_timeout_ends_a_silent_stream_with_an_error_event(r: Stack) -> None:
-    r.upstream.push(Stream([chunk("m", {"content": "a"}), chunk("m", {"content": "b"})], delay=3))
-    with httpx.stream("POST", r.gateway.url + "/v1/chat/completions", headers=AUTH, timeout=10,
-                      json={"model": "slow/m", "messages": MESSAGES, "stream": True}) as resp:
+def test_idle_timeout_ends_a_silent_stream_with_an_error_event(s: Stack) -> None:
+    s.upstream.push(Stream([chunk("m", {"content": "a"}), chunk("m", {"content": "b"})], delay=3))
+    with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers=AUTH, timeout=10,
+                      json={"model": "slow/m", "messages": HELLO, "stream": True}) as resp:
         lines = [ln for ln in resp.iter_lines() if ln.startswith("data: ")]
     assert json.loads(lines[0][6:])["choices"][0]["delta"]["content"] == "a"
     assert json.loads(lines[-1][6:])["error"]["code"] == "idle"
 
 
-def test_concurrency_cap_answers_503_beyond_it(r: Stack) -> None:
-    r.upstream.push(*[Stream([chunk("gpt-4o", {"content": "x"})] * 20, delay=0.1) for _ in range(4)])
+def test_concurrency_cap_answers_503_beyond_it(s: Stack) -> None:
+    s.upstream.push(*[Stream([chunk("gpt-4o", {"content": "x"})] * 20, delay=0.1) for _ in range(4)])
     done = threading.Barrier(5)
 
     def hold() -> None:
-        with httpx.stream("POST", r.gateway.url + "/v1/chat/completions", headers=AUTH, timeout=30,
-                          json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as resp:
+        with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+                          json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as resp:
             lines = resp.iter_lines()
             next(lines)
             done.wait()
@@ -177,26 +168,26 @@ def test_concurrency_cap_answers_503_beyond_it(r: Stack) -> None:
     for t in threads:
         t.start()
     deadline = time.monotonic() + 5
-    while r.upstream.open_streams < 4 and time.monotonic() < deadline:
+    while s.upstream.open_streams < 4 and time.monotonic() < deadline:
         time.sleep(0.02)
-    over = httpx.post(r.gateway.url + "/v1/chat/completions", headers=AUTH,
-                      json={"model": "demo/echo", "messages": MESSAGES})
+    over = httpx.post(s.gateway.url + "/v1/chat/completions", headers=AUTH,
+                      json={"model": "demo/echo", "messages": HELLO})
     done.wait()
     for t in threads:
         t.join()
     assert over.status_code == 503 and over.json()["error"]["code"] == "overloaded"
-    metrics = httpx.get(r.gateway.url + "/metrics").text
+    metrics = httpx.get(s.gateway.url + "/metrics").text
     assert 'vte_requests_total{code="503",endpoint="chat/completions",key="-",model="unknown",provider="-"}' in metrics
-    assert httpx.post(r.gateway.url + "/v1/chat/completions", headers=AUTH,
-                      json={"model": "demo/echo", "messages": MESSAGES}).status_code == 200
+    assert httpx.post(s.gateway.url + "/v1/chat/completions", headers=AUTH,
+                      json={"model": "demo/echo", "messages": HELLO}).status_code == 200
 
 
-def raw_conn(r: Stack) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", r.gateway.port), timeout=10)
+def raw_conn(s: Stack) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", s.gateway.port), timeout=10)
 
 
-def test_slow_request_body_is_408(r: Stack) -> None:
-    with raw_conn(r) as sock:
+def test_slow_request_body_is_408(s: Stack) -> None:
+    with raw_conn(s) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode()
                      + b"\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"model\":")
         answer = b""
@@ -209,23 +200,24 @@ def test_slow_request_body_is_408(r: Stack) -> None:
     assert b'"body_timeout"' in answer
 
 
-def test_slow_request_headers_get_the_connection_closed(r: Stack) -> None:
-    with raw_conn(r) as sock:
+def test_slow_request_headers_get_the_connection_closed(s: Stack) -> None:
+    with raw_conn(s) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
         t0 = time.monotonic()
         assert sock.recv(4096) == b""  # closed by the gateway
         assert time.monotonic() - t0 < 8
 
 
-def test_oversized_headers_are_431(r: Stack) -> None:
-    with raw_conn(r) as sock:
+def test_oversized_headers_are_431(s: Stack) -> None:
+    with raw_conn(s) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 431")
 
 
-def test_gateway_still_serves_after_all_of_that(r: Stack) -> None:
-    assert r.client().chat.completions.create(model="demo/echo", messages=MESSAGES).choices[0].message.content == "hi"
+def test_gateway_still_serves_after_all_of_that(s: Stack) -> None:
+    answer = s.client().chat.completions.create(model="demo/echo", messages=HELLO)
+    assert answer.choices[0].message.content == "Say hello"
 
 
 def test_sigterm_lets_an_open_stream_finish_then_exits(tmp_path, upstream: ScriptedUpstream) -> None:  # type: ignore[no-untyped-def]
@@ -236,7 +228,7 @@ def test_sigterm_lets_an_open_stream_finish_then_exits(tmp_path, upstream: Scrip
 
         def consume() -> None:
             with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
-                              json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as resp:
+                              json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as resp:
                 got.extend(ln for ln in resp.iter_lines() if ln.startswith("data: "))
 
         t = threading.Thread(target=consume)

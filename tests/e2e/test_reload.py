@@ -13,35 +13,30 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import CLIENT_KEY, GatewayProcess, ScriptedUpstream, Stream, chunk, gateway_yaml, running_gateway
-
-T = TypeVar("T")
-ADMIN_KEY = "sk-admin-key-000"  # gateway_yaml's key with status: true
-VISIBLE_WITHIN = 10.0           # generous: the watcher reacts in well under a second
+from tests.conftest import Stack, gateway_fixture
+from tests.support import (
+    ADMIN_KEY,
+    CLIENT_KEY,
+    GatewayProcess,
+    ScriptedUpstream,
+    Stream,
+    chunk,
+    eventually,
+    gateway_yaml,
+    running_gateway,
+)
 
 
 # ---------------------------------------------------------------- helpers (also used by test_discovery)
-def eventually(check: Callable[[], T], what: str, timeout: float = VISIBLE_WITHIN) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-
-
 def write_atomic(path: Path, text: str) -> None:
     """How most tools save: a temporary file in the same directory, renamed over the config."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -172,20 +167,27 @@ class Setup:
     def reset(self) -> None:
         write_atomic(self.path, self.base)
         self.probe.show(BASE_MODELS)
-        eventually(lambda: self.probe.status()["config"]["hash"] == sha12(self.base), "the base config serves")
+        # Also healed: a test that left a broken file behind has its failure cleared (and the heal
+        # counted) before the next test reads a counter.
+        eventually(self._serves_base, "the base config serves, with no reload error")
+
+    def _serves_base(self) -> bool:
+        config = self.probe.status()["config"]
+        return config["hash"] == sha12(self.base) and config["last_reload_error"] is None
+
+
+stack = gateway_fixture(base_config)
 
 
 @pytest.fixture(scope="module")
-def setup(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    tmp = tmp_path_factory.mktemp("reload")
-    base = base_config(module_upstream.url)
-    with running_gateway(tmp, base) as gw:
-        yield Setup(Probe(gw), gw.config_path, base, module_upstream)
+def setup(stack: Stack[ScriptedUpstream]) -> Setup:
+    return Setup(Probe(stack.gateway), stack.gateway.config_path, stack.config, stack.upstream)
 
 
 @pytest.fixture
 def s(setup: Setup) -> Setup:
-    setup.upstream.script.clear()
+    """The module's gateway back on its base config, with a fresh upstream script."""
+    setup.upstream.reset()
     setup.reset()
     return setup
 

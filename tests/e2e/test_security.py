@@ -12,7 +12,9 @@ import httpx
 import openai
 
 from tests.support import (
+    ADMIN_KEY,
     CLIENT_KEY,
+    LIMITED_KEY,
     UPSTREAM_KEY,
     Hang,
     Reply,
@@ -24,11 +26,10 @@ from tests.support import (
     running_gateway,
 )
 
-ADMIN = "sk-admin-key-000"
 HEADER_SECRET = "hdr-SECRET-value-42"
-SECRETS = [CLIENT_KEY, UPSTREAM_KEY, ADMIN, "sk-limited-key-000", HEADER_SECRET, "sk-wrong-SECRET-guess"]
+SECRETS = [CLIENT_KEY, UPSTREAM_KEY, ADMIN_KEY, LIMITED_KEY, HEADER_SECRET, "sk-wrong-SECRET-guess"]
 FORBIDDEN = SECRETS + [hashlib.sha256(s.encode()).hexdigest() for s in SECRETS] + [
-    base64.b64encode(f"ops:{ADMIN}".encode()).decode()]
+    base64.b64encode(f"ops:{ADMIN_KEY}".encode()).decode()]
 
 
 def extra(dead: int) -> str:
@@ -77,8 +78,8 @@ def test_no_secret_anywhere_after_a_run_of_failures(tmp_path: Path, upstream: Sc
             seen.append(r.text)
         seen.append(httpx.get(gw.url + "/v1/models", headers={"x-api-key": "sk-wrong-SECRET-guess"}).text)
         seen.append(httpx.get(gw.url + "/metrics").text)
-        seen.append(httpx.get(gw.url + "/", auth=("ops", ADMIN)).text)
-        status = httpx.get(gw.url + "/status.json", auth=("ops", ADMIN))
+        seen.append(httpx.get(gw.url + "/", auth=("ops", ADMIN_KEY)).text)
+        status = httpx.get(gw.url + "/status.json", auth=("ops", ADMIN_KEY))
         assert status.status_code == 200
         seen.append(status.text)
         seen.append(httpx.get(gw.url + "/status.json", auth=("ops", "sk-wrong-SECRET-guess")).text)

@@ -12,29 +12,29 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import Stack, gateway_fixture
 from tests.support import (
+    ADMIN_KEY,
     CLIENT_KEY,
+    LIMITED_KEY,
     ROOT,
+    THREE_WORDS,
     UPSTREAM_KEY,
     GatewayProcess,
     ScriptedUpstream,
     gateway_yaml,
-    running_gateway,
 )
 
-STATUS_KEY = "sk-admin-key-000"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SECRETS = [CLIENT_KEY, STATUS_KEY, "sk-limited-key-000", UPSTREAM_KEY]
-MESSAGES = [{"role": "user", "content": "how are you today"}]
+SECRETS = [CLIENT_KEY, ADMIN_KEY, LIMITED_KEY, UPSTREAM_KEY]
 
 EXTRA = """\
 - name: lab
@@ -51,14 +51,16 @@ ROUTES = """\
 """
 
 
-def config_text(upstream: ScriptedUpstream) -> str:
-    return gateway_yaml(upstream.url, EXTRA.format(url=upstream.url), routes=ROUTES)
+def config_text(url: str) -> str:
+    return gateway_yaml(url, EXTRA.format(url=url), routes=ROUTES)
 
 
-@pytest.fixture(scope="module")
-def gw(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with running_gateway(tmp_path_factory.mktemp("status"), config_text(module_upstream)) as g:
-        yield g
+stack = gateway_fixture(config_text)
+
+
+@pytest.fixture
+def gw(s: Stack[ScriptedUpstream]) -> GatewayProcess:
+    return s.gateway
 
 
 def basic(password: str, user: str = "ops") -> dict[str, str]:
@@ -67,7 +69,7 @@ def basic(password: str, user: str = "ops") -> dict[str, str]:
 
 def chat(gw: GatewayProcess, model: str, key: str = CLIENT_KEY, stream: bool = False) -> httpx.Response:
     return httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                      json={"model": model, "messages": MESSAGES, "stream": stream}, timeout=10)
+                      json={"model": model, "messages": THREE_WORDS, "stream": stream}, timeout=10)
 
 
 def secret_forms() -> list[str]:
@@ -77,7 +79,7 @@ def secret_forms() -> list[str]:
 def wait_for_status(gw: GatewayProcess, test: Any, timeout: float = 20.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
-        s = httpx.get(gw.url + "/status.json", headers=basic(STATUS_KEY)).json()
+        s = httpx.get(gw.url + "/status.json", headers=basic(ADMIN_KEY)).json()
         got = test(s)
         if got:
             return got
@@ -95,13 +97,13 @@ def test_status_paths_want_a_key_with_status_access(gw: GatewayProcess, path: st
         assert r.status_code == 401, headers
         assert r.headers["www-authenticate"].startswith("Basic ")
         assert CLIENT_KEY not in r.text
-    for headers in (basic(STATUS_KEY), basic(STATUS_KEY, user=""), {"Authorization": f"Bearer {STATUS_KEY}"}):
+    for headers in (basic(ADMIN_KEY), basic(ADMIN_KEY, user=""), {"Authorization": f"Bearer {ADMIN_KEY}"}):
         with httpx.stream("GET", gw.url + path, headers=headers) as r:
             assert r.status_code == 200
 
 
 def test_page_is_one_self_contained_file(gw: GatewayProcess) -> None:
-    r = httpx.get(gw.url + "/", headers=basic(STATUS_KEY))
+    r = httpx.get(gw.url + "/", headers=basic(ADMIN_KEY))
     assert r.headers["content-type"].startswith("text/html")
     csp = r.headers["content-security-policy"]
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
@@ -115,12 +117,12 @@ def test_page_is_one_self_contained_file(gw: GatewayProcess) -> None:
 
 
 def test_status_json_shows_names_hosts_and_totals_never_secrets(gw: GatewayProcess) -> None:
-    before = httpx.get(gw.url + "/status.json", headers=basic(STATUS_KEY)).json()
-    assert chat(gw, "demo/echo").status_code == 200           # echo: 4 prompt, 4 completion tokens
+    before = httpx.get(gw.url + "/status.json", headers=basic(ADMIN_KEY)).json()
+    assert chat(gw, "demo/echo").status_code == 200           # echo: 3 prompt, 3 completion tokens
     assert chat(gw, "up/gpt-4o", stream=True).status_code == 200  # upstream: 7 + 3
     assert chat(gw, "up/gpt-4o").status_code == 200
     assert chat(gw, "nope/<i>junk</i>").status_code == 404
-    r = httpx.get(gw.url + "/status.json", headers=basic(STATUS_KEY))
+    r = httpx.get(gw.url + "/status.json", headers=basic(ADMIN_KEY))
     assert r.headers["cache-control"] == "no-store"
     s = r.json()
     for secret in secret_forms():
@@ -133,7 +135,7 @@ def test_status_json_shows_names_hosts_and_totals_never_secrets(gw: GatewayProce
     assert set(providers) == {"up", "demo", "lab"}
     assert providers["up"] | {"recent_requests": 0, "recent_errors": 0, "error_rate": 0.0} == {
         "name": "up", "type": "openai", "prefix": "up", "host": "127.0.0.1", "models": 2, "stream_mode": "auto",
-        "discovery": None, "recent_requests": 0, "recent_errors": 0, "error_rate": 0.0}
+        "discovery": None, "recent_requests": 0, "recent_errors": 0, "error_rate": 0.0, "upstream_keys": None}
     assert providers["demo"]["host"] is None
     assert providers["lab"]["discovery"]["last_ok"] is not None and providers["lab"]["models"] == 2
     models = {m["id"]: m for m in s["models"]}
@@ -148,21 +150,21 @@ def test_status_json_shows_names_hosts_and_totals_never_secrets(gw: GatewayProce
     assert (grew("up/gpt-4o", "requests"), grew("up/gpt-4o", "prompt_tokens"),
             grew("up/gpt-4o", "completion_tokens")) == (2, 14, 6)
     assert (grew("demo/echo", "requests"), grew("demo/echo", "prompt_tokens"),
-            grew("demo/echo", "completion_tokens")) == (1, 4, 4)
+            grew("demo/echo", "completion_tokens")) == (1, 3, 3)
     assert s["unknown_model_requests"] - before["unknown_model_requests"] == 1
     assert s["totals"]["requests"] - before["totals"]["requests"] == 4
     assert s["totals"]["errors"] - before["totals"]["errors"] == 1
     assert [k["name"] for k in s["keys"]] == ["team", "limited", "admin"]
     assert {k["name"]: k["status"] for k in s["keys"]} == {"team": False, "limited": False, "admin": True}
-    assert s["keys"][1]["models"] == ["demo/*"] and set(s["keys"][0]) == {"name", "status", "models"}
+    assert s["keys"][1]["models"] == ["demo/*"] and set(s["keys"][0]) == {"name", "status", "models", "limits"}
     log = s["log"]
     assert log[0]["model"] == "nope/<i>junk</i>" and log[0]["status"] == 404  # newest first
     assert [e["model"] for e in log[1:4]] == ["up/gpt-4o", "up/gpt-4o", "demo/echo"]
     assert log[2]["stream"] is True and log[2]["ttft_ms"] is not None
     assert log[3] | {"time": 0, "duration_ms": 0} == {
         "time": 0, "key": "team", "model": "demo/echo", "provider": "demo", "endpoint": "chat/completions",
-        "status": 200, "stream": False, "duration_ms": 0, "ttft_ms": None, "prompt_tokens": 4,
-        "completion_tokens": 4, "error": None}
+        "status": 200, "stream": False, "duration_ms": 0, "ttft_ms": None, "prompt_tokens": 3,
+        "completion_tokens": 3, "error": None}
 
 
 # ------------------------------------------------------------------ the page in a browser
@@ -187,7 +189,7 @@ def test_page_in_headless_chromium(gw: GatewayProcess, tmp_path: Path) -> None:
     # Some history for the tables and the log before the page opens.
     for model, key, stream in [("up/gpt-4o", CLIENT_KEY, False), ("up/gpt-4o-mini", CLIENT_KEY, True),
                                ("smart", CLIENT_KEY, True), ("lab/gpt-4o", CLIENT_KEY, False),
-                               ("demo/echo", "sk-limited-key-000", True), ("up/gpt-4o", "sk-limited-key-000", False),
+                               ("demo/echo", LIMITED_KEY, True), ("up/gpt-4o", LIMITED_KEY, False),
                                ("gpt-5-turbo", CLIENT_KEY, False)]:
         chat(gw, model, key, stream)
     httpx.get(gw.url + "/v1/models", headers={"Authorization": "Bearer sk-bad"})
@@ -196,7 +198,7 @@ def test_page_in_headless_chromium(gw: GatewayProcess, tmp_path: Path) -> None:
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            context = browser.new_context(http_credentials={"username": "ops", "password": STATUS_KEY},
+            context = browser.new_context(http_credentials={"username": "ops", "password": ADMIN_KEY},
                                           viewport={"width": 1360, "height": 900}, device_scale_factor=1)
             page = context.new_page()
             problems: list[str] = []
@@ -213,9 +215,9 @@ def test_page_in_headless_chromium(gw: GatewayProcess, tmp_path: Path) -> None:
             expect(providers).to_contain_text("built in")
             for name in ("up/gpt-4o", "up/gpt-4o-mini", "demo/echo", "lab/gpt-4o", "smart"):
                 expect(models.get_by_text(name, exact=True)).to_be_visible()
-            expect(models).to_contain_text("route → up/gpt-4o, demo/echo")
+            expect(models).to_contain_text("route (fallback) → up/gpt-4o, demo/echo")
             expect(page.locator("#keys")).to_contain_text("limited")
-            expect(page.locator("#hash")).to_have_text(httpx.get(gw.url + "/status.json", headers=basic(STATUS_KEY))
+            expect(page.locator("#hash")).to_have_text(httpx.get(gw.url + "/status.json", headers=basic(ADMIN_KEY))
                                                        .json()["config"]["hash"])
             expect(page.locator("#conn")).to_have_class("live", timeout=10_000)
             log = page.locator("#log")
@@ -223,7 +225,7 @@ def test_page_in_headless_chromium(gw: GatewayProcess, tmp_path: Path) -> None:
 
             # A request made while the page is open shows up without a reload.
             page.evaluate("window.__same_document = true")
-            assert chat(gw, "demo/echo", "sk-limited-key-000").status_code == 200
+            assert chat(gw, "demo/echo", LIMITED_KEY).status_code == 200
             line = log.locator(".l").first
             expect(line).to_contain_text("limited", timeout=10_000)
             expect(line).to_contain_text("demo/echo")
@@ -239,9 +241,11 @@ def test_page_in_headless_chromium(gw: GatewayProcess, tmp_path: Path) -> None:
             assert hostile in page.inner_text("#log")
             # The tables refresh by themselves (every ~5 s).
             expect(page.locator("#totals")).to_contain_text("unknown model requests")
+            status = httpx.get(gw.url + "/status.json", headers=basic(ADMIN_KEY)).json()
+            served = next(m["requests"] for m in status["models"] if m["id"] == "demo/echo")  # the one sent above too
             page.wait_for_function(
-                "() => [...document.querySelectorAll('#models tr')].some(tr => tr.cells[0]?.textContent === "
-                "'demo/echo' && Number(tr.cells[2].textContent.replace(/,/g, '')) >= 3)", timeout=15_000)
+                "n => [...document.querySelectorAll('#models tr')].some(tr => tr.cells[0]?.textContent === "
+                "'demo/echo' && Number(tr.cells[2].textContent.replace(/,/g, '')) >= n)", arg=served, timeout=15_000)
 
             html = page.content()
             for secret in secret_forms():
@@ -263,7 +267,7 @@ def test_reload_error_is_highlighted_on_the_page(gw: GatewayProcess) -> None:
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            page = browser.new_context(http_credentials={"username": "x", "password": STATUS_KEY}).new_page()
+            page = browser.new_context(http_credentials={"username": "x", "password": ADMIN_KEY}).new_page()
             page.goto(gw.url + "/")
             expect(page.locator("#error")).to_be_hidden()
             gw.config_path.write_text(good.replace("version: 1", "version: 1\nunknown_top: <script>1</script>"))

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import Stack
-from tests.support import CLIENT_KEY, Reply, ScriptedUpstream, Stream, chunk, completion, gateway_yaml, running_gateway
+from tests.conftest import Stack, gateway_fixture
+from tests.support import (
+    CLIENT_KEY,
+    HELLO,
+    Reply,
+    Stream,
+    chunk,
+    completion,
+    gateway_yaml,
+)
 
-MESSAGES = [{"role": "user", "content": "weather?"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                                                           "required": ["city"]}}}]
@@ -37,16 +43,7 @@ POLICY_PROVIDERS = """\
 """
 
 
-@pytest.fixture(scope="module")
-def policy(module_upstream: ScriptedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    cfg = gateway_yaml(module_upstream.url, POLICY_PROVIDERS.format(url=module_upstream.url))
-    with running_gateway(tmp_path_factory.mktemp("policy"), cfg) as gw:
-        yield Stack(module_upstream, gw)
-
-
-@pytest.fixture
-def p(policy: Stack) -> Stack:
-    return policy.fresh()
+stack = gateway_fixture(lambda url: gateway_yaml(url, POLICY_PROVIDERS.format(url=url)))
 
 
 def tool_call_stream(model: str) -> Stream:
@@ -62,9 +59,9 @@ def tool_call_stream(model: str) -> Stream:
     ])
 
 
-def test_force_stream_assembles_one_completion_for_a_non_streaming_client(p: Stack) -> None:
-    r = p.client().chat.completions.create(model="fs/gpt-4o", messages=MESSAGES)
-    sent = p.upstream.last().body
+def test_force_stream_assembles_one_completion_for_a_non_streaming_client(s: Stack) -> None:
+    r = s.client().chat.completions.create(model="fs/gpt-4o", messages=HELLO)
+    sent = s.upstream.last().body
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
     assert r.object == "chat.completion" and r.model == "fs/gpt-4o"
     assert r.choices[0].message.content == "Hello world"
@@ -73,9 +70,9 @@ def test_force_stream_assembles_one_completion_for_a_non_streaming_client(p: Sta
     assert r.id == "chatcmpl-up"
 
 
-def test_force_stream_merges_tool_call_pieces_by_index(p: Stack) -> None:
-    p.upstream.push(tool_call_stream("gpt-4o"))
-    r = p.client().chat.completions.create(model="fs/gpt-4o", messages=MESSAGES, tools=TOOLS)  # type: ignore[arg-type]
+def test_force_stream_merges_tool_call_pieces_by_index(s: Stack) -> None:
+    s.upstream.push(tool_call_stream("gpt-4o"))
+    r = s.client().chat.completions.create(model="fs/gpt-4o", messages=HELLO, tools=TOOLS)  # type: ignore[arg-type]
     call = r.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert (call.id, call.function.name) == ("call_abc", "get_weather")  # type: ignore[union-attr]
     assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
@@ -83,15 +80,15 @@ def test_force_stream_merges_tool_call_pieces_by_index(p: Stack) -> None:
     assert r.usage is not None and r.usage.prompt_tokens == 11
 
 
-def test_force_stream_passes_streams_through_for_a_streaming_client(p: Stack) -> None:
-    chunks = list(p.client().chat.completions.create(model="fs/gpt-4o", messages=MESSAGES, stream=True))
+def test_force_stream_passes_streams_through_for_a_streaming_client(s: Stack) -> None:
+    chunks = list(s.client().chat.completions.create(model="fs/gpt-4o", messages=HELLO, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world"
     assert all(c.usage is None for c in chunks)  # the usage chunk the gateway asked for is dropped
 
 
-def test_force_non_stream_synthesises_a_stream_for_a_streaming_client(p: Stack) -> None:
-    chunks = list(p.client().chat.completions.create(model="fn/gpt-4o", messages=MESSAGES, stream=True))
-    sent = p.upstream.last().body
+def test_force_non_stream_synthesises_a_stream_for_a_streaming_client(s: Stack) -> None:
+    chunks = list(s.client().chat.completions.create(model="fn/gpt-4o", messages=HELLO, stream=True))
+    sent = s.upstream.last().body
     assert sent["stream"] is False and "stream_options" not in sent
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world"
@@ -100,18 +97,18 @@ def test_force_non_stream_synthesises_a_stream_for_a_streaming_client(p: Stack) 
     assert all(c.usage is None for c in chunks)
 
 
-def test_force_non_stream_sends_usage_chunk_only_when_asked(p: Stack) -> None:
-    chunks = list(p.client().chat.completions.create(model="fn/gpt-4o", messages=MESSAGES, stream=True,
+def test_force_non_stream_sends_usage_chunk_only_when_asked(s: Stack) -> None:
+    chunks = list(s.client().chat.completions.create(model="fn/gpt-4o", messages=HELLO, stream=True,
                                                      stream_options={"include_usage": True}))
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.total_tokens == 10
-    assert "stream_options" not in p.upstream.last().body
+    assert "stream_options" not in s.upstream.last().body
 
 
-def test_force_non_stream_tool_call_is_rebuilt_by_the_sdk_stream_helper(p: Stack) -> None:
+def test_force_non_stream_tool_call_is_rebuilt_by_the_sdk_stream_helper(s: Stack) -> None:
     call = {"id": "call_xyz", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
-    p.upstream.push(Reply(completion("gpt-4o", None, tool_calls=[call], finish="tool_calls")))
-    with p.client().chat.completions.stream(model="fn/gpt-4o", messages=MESSAGES, tools=TOOLS) as stream:  # type: ignore[arg-type]
+    s.upstream.push(Reply(completion("gpt-4o", None, tool_calls=[call], finish="tool_calls")))
+    with s.client().chat.completions.stream(model="fn/gpt-4o", messages=HELLO, tools=TOOLS) as stream:  # type: ignore[arg-type]
         final = stream.get_final_completion()
     tc = final.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert (tc.id, tc.function.name, tc.function.arguments) == ("call_xyz", "get_weather", '{"city":"Oslo"}')
@@ -120,7 +117,7 @@ def test_force_non_stream_tool_call_is_rebuilt_by_the_sdk_stream_helper(p: Stack
 
 def test_pass_through_tool_call_stream_is_rebuilt_by_the_sdk_stream_helper(s: Stack) -> None:
     s.upstream.push(tool_call_stream("gpt-4o"))
-    with s.client().chat.completions.stream(model="up/gpt-4o", messages=MESSAGES, tools=TOOLS) as stream:  # type: ignore[arg-type]
+    with s.client().chat.completions.stream(model="up/gpt-4o", messages=HELLO, tools=TOOLS) as stream:  # type: ignore[arg-type]
         final = stream.get_final_completion()
     tc = final.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert json.loads(tc.function.arguments) == {"city": "Paris"}
@@ -128,16 +125,16 @@ def test_pass_through_tool_call_stream_is_rebuilt_by_the_sdk_stream_helper(s: St
 
 
 def test_streaming_upstream_call_always_asks_for_usage_but_client_sees_it_only_when_asked(s: Stack) -> None:
-    chunks = list(s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES, stream=True))
+    chunks = list(s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO, stream=True))
     assert s.upstream.last().body["stream_options"] == {"include_usage": True}
     assert all(c.usage is None for c in chunks)
-    chunks = list(s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES, stream=True,
+    chunks = list(s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO, stream=True,
                                                      stream_options={"include_usage": True}))
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
 
 
 def test_client_stream_options_are_kept_alongside_include_usage(s: Stack) -> None:
-    list(s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES, stream=True,
+    list(s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO, stream=True,
                                             stream_options={"include_obfuscation": False}))  # type: ignore[typeddict-unknown-key]
     assert s.upstream.last().body["stream_options"] == {"include_obfuscation": False, "include_usage": True}
 
@@ -151,7 +148,7 @@ def test_cut_stream_ends_with_an_error_event_that_the_sdk_raises(s: Stack, behav
     s.upstream.push(behaviour)
     seen = []
     with pytest.raises(openai.APIError) as exc:
-        for c in s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES, stream=True):
+        for c in s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO, stream=True):
             seen.append(c)
     assert seen and seen[-1].choices[0].delta.content == "partial"
     assert "before it was complete" in exc.value.message or "broke the connection" in exc.value.message
@@ -160,7 +157,7 @@ def test_cut_stream_ends_with_an_error_event_that_the_sdk_raises(s: Stack, behav
 def test_stream_with_finish_reason_but_no_done_gets_done_added(s: Stack) -> None:
     s.upstream.push(Stream([chunk("gpt-4o", {"content": "ok"}), chunk("gpt-4o", {}, "stop")], done=False))
     with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                      json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+                      json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as r:
         text = r.read().decode()
     assert text.endswith("data: [DONE]\n\n") and '"error"' not in text
 
@@ -168,7 +165,7 @@ def test_stream_with_finish_reason_but_no_done_gets_done_added(s: Stack) -> None
 def test_upstream_error_before_first_byte_is_a_normal_http_error_for_streams(s: Stack) -> None:
     s.upstream.push(Reply({"error": {"message": "overloaded", "type": "server_error", "code": None}}, 503))
     with pytest.raises(openai.InternalServerError) as exc:
-        s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES, stream=True)
+        s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO, stream=True)
     assert exc.value.status_code == 503
 
 
@@ -177,7 +174,7 @@ def test_client_disconnect_closes_the_upstream_stream_promptly(s: Stack) -> None
     s.upstream.push(Stream(events, delay=0.05))
     closed_before = s.upstream.closed_streams
     with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                      json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+                      json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as r:
         it = r.iter_lines()
         got = [line for line, _ in zip(it, range(4), strict=False)]
         assert any("t0" in g for g in got)
@@ -192,6 +189,6 @@ def test_client_disconnect_closes_the_upstream_stream_promptly(s: Stack) -> None
 def test_gateway_keeps_serving_after_a_disconnected_stream(s: Stack, tmp_path: Path) -> None:
     s.upstream.push(Stream([chunk("gpt-4o", {"content": "x"})] * 50, delay=0.02))
     with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                      json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+                      json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as r:
         next(r.iter_lines())
-    assert s.client().chat.completions.create(model="up/gpt-4o", messages=MESSAGES).model == "up/gpt-4o"
+    assert s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO).model == "up/gpt-4o"

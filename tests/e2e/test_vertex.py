@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-import aiohttp.abc
 import httpx
 import openai
 import pytest
@@ -26,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.support import CLIENT_KEY, GatewayProcess, free_port, gateway_yaml, running_gateway, serve_app_in_thread
+from tests.conftest import Stack, gateway_fixture
+from tests.support import HELLO, free_port, gateway_yaml, loopback_connector, serve_app_in_thread
 from tests.vertex_upstream import (
     USAGE,
     VertexUpstream,
@@ -49,7 +46,6 @@ MODEL = "gemini/gemini-2.5-flash"
 PATH = "/v1/publishers/google/models/gemini-2.5-flash"
 SIG = "CiQBVKh0a+Om/x9z8Qk1Pn3+tP8yB2w/aGVsbG8gd29ybGQ="  # standard base64 with '+', '/' and '='
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-HELLO: Any = [{"role": "user", "content": "Say hello"}]
 TOOLS: Any = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather of a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -84,36 +80,36 @@ PROVIDERS = """\
 """
 
 
-@dataclass
-class VertexStack:
-    upstream: VertexUpstream
-    gateway: GatewayProcess
+VertexStack = Stack[VertexUpstream]
 
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.gateway.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
 
-    def tokens(self, provider: str) -> float:
-        text = httpx.get(self.gateway.url + "/metrics").text
-        return sum(float(v) for v in re.findall(rf'^vte_tokens_total{{[^}}]*provider="{provider}"[^}}]*}} (\S+)$',
-                                                text, re.M))
+def tokens(v: VertexStack, provider: str) -> float:
+    text = httpx.get(v.gateway.url + "/metrics").text
+    return sum(float(n) for n in re.findall(rf'^vte_tokens_total{{[^}}]*provider="{provider}"[^}}]*}} (\S+)$',
+                                            text, re.M))
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VertexStack]:
+def vertex_upstream() -> Iterator[VertexUpstream]:
     upstream = VertexUpstream(api_key=VERTEX_KEY)
     with serve_app_in_thread(upstream.app) as server:
-        unused = f"http://127.0.0.1:{free_port()}/v1"  # the config's openai provider, never called here
-        cfg = gateway_yaml(unused, PROVIDERS.format(url=server.url, key=VERTEX_KEY, wrong=WRONG_KEY))
-        with running_gateway(tmp_path_factory.mktemp("vertex"), cfg, log_level="debug") as gw:
-            yield VertexStack(upstream, gw)
+        upstream.url = server.url
+        yield upstream
+
+
+def vertex_config(url: str) -> str:
+    unused = f"http://127.0.0.1:{free_port()}/v1"  # the config's openai provider, never called here
+    return gateway_yaml(unused, PROVIDERS.format(url=url, key=VERTEX_KEY, wrong=WRONG_KEY))
+
+
+stack = gateway_fixture(vertex_config, upstream="vertex_upstream", log_level="debug")
 
 
 @pytest.fixture
-def v(stack: VertexStack) -> Iterator[VertexStack]:
-    stack.upstream.reset()
-    yield stack
-    assert not stack.upstream.script, "a scripted Vertex reply was not used"
-    for record in stack.upstream.requests:
+def v(s: VertexStack) -> Iterator[VertexStack]:
+    yield s
+    assert not s.upstream.script, "a scripted Vertex reply was not used"
+    for record in s.upstream.requests:
         assert "key" not in record.query and "key=" not in record.path
 
 
@@ -196,12 +192,12 @@ def test_streaming_with_include_usage_ends_with_a_usage_chunk(v: VertexStack) ->
 
 
 def test_streaming_without_include_usage_sends_no_usage_chunk_but_counts_the_tokens(v: VertexStack) -> None:
-    before = v.tokens("gemini")
+    before = tokens(v, "gemini")
     v.upstream.push_stream([text_event("Hel"), text_event("lo", "STOP", USAGE)])
     chunks = list(v.client().chat.completions.create(model=MODEL, messages=HELLO, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
     assert all(c.usage is None and c.choices for c in chunks)
-    assert v.tokens("gemini") - before == 8
+    assert tokens(v, "gemini") - before == 8
 
 
 def test_stream_cut_without_finish_reason_raises_api_error(v: VertexStack) -> None:
@@ -370,17 +366,6 @@ def test_the_vertex_key_never_appears_in_the_gateway_log(v: VertexStack) -> None
 
 # --- the provider in-process (what a scripted endpoint cannot send) --------------------------------
 
-class LoopbackResolver(aiohttp.abc.AbstractResolver):
-    """Every host name resolves to 127.0.0.1: the connector tests inject instead of patching."""
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
-        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
-                 "flags": socket.AI_NUMERICHOST}]
-
-    async def close(self) -> None:
-        return None
-
-
 async def test_retry_after_passes_through_and_5xx_is_retryable_with_the_key_redacted() -> None:
     seen: list[Request] = []
 
@@ -393,7 +378,7 @@ async def test_retry_after_passes_through_and_5xx_is_retryable_with_the_key_reda
     with serve_app_in_thread(app) as server:
         config = ProviderConfig(name="g", type="vertex-express", api_key=VERTEX_KEY, models=("gemini-2.5-flash",),
                                 base_url=f"http://vertex.invalid:{server.port}")
-        provider = VertexExpressProvider(config, lambda _: aiohttp.TCPConnector(resolver=LoopbackResolver()))
+        provider = VertexExpressProvider(config, loopback_connector)
         call = Call("chat/completions", {"model": MODEL, "messages": HELLO},
                     Target(MODEL, "g", "gemini-2.5-flash"), stream=False)
         try:

@@ -9,7 +9,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import Stack
-from tests.support import CLIENT_KEY, Reply, Stream, chunk
+from tests.support import CLIENT_KEY, LIMITED_KEY, Reply, Stream, chunk
 
 
 def ws_url(s: Stack, query: str = "") -> str:
@@ -71,7 +71,7 @@ def test_errors_come_back_as_one_error_frame_and_the_connection_stays_usable(s: 
 
 
 def test_model_outside_the_allow_list_is_refused_per_request(s: Stack) -> None:
-    with connect(ws_url(s), additional_headers={"x-api-key": "sk-limited-key-000"}) as ws:
+    with connect(ws_url(s), additional_headers={"x-api-key": LIMITED_KEY}) as ws:
         assert json.loads(ask(ws, {"model": "up/gpt-4o", "messages": []})[0])["error"]["code"] == "model_not_allowed"
 
 

@@ -39,17 +39,22 @@ def upstream_body(call: Call) -> bytes:
     return orjson.dumps(body)
 
 
+def bearer(key: str) -> dict[str, str]:
+    """How OpenAI-compatible APIs take a key (each key of a pool too)."""
+    return {"authorization": f"Bearer {key}"}
+
+
 class OpenAIProvider(Provider):
     def __init__(self, config: ProviderConfig, connector: ConnectorFactory | None = None) -> None:
         super().__init__(config)
         assert config.base_url is not None
-        self.upstream = Upstream(config, connector)
+        self.upstream = Upstream(config, connector, auth=bearer)
         self._base = config.base_url
         self._urls = {ep: f"{self._base}/{ep}" for ep in ENDPOINTS}
         # Built once per config: the hot path only copies this dict.
         headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-        if config.api_key is not None:
-            headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+        if config.api_key is not None:  # a pool's keys are added per request by the upstream
+            headers.update(bearer(config.api_key.get_secret_value()))
         headers.update({k.lower(): v for k, v in config.headers.items()})
         self._headers = headers
 

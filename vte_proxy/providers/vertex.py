@@ -33,20 +33,28 @@ def _response_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
+def goog_key(key: str) -> dict[str, str]:
+    """Vertex express takes its key in a header, never in the URL (URLs reach logs)."""
+    return {"x-goog-api-key": key}
+
+
 class VertexExpressProvider(Provider):
     endpoints = ("chat/completions",)
 
     def __init__(self, config: ProviderConfig, connector: ConnectorFactory | None = None) -> None:
         super().__init__(config)
-        assert config.api_key is not None  # enforced by the config schema
-        self.upstream = Upstream(config, connector)  # its redactor covers api_key and header values
+        assert config.has_key  # enforced by the config schema
+        # Its redactor covers the key(s) and header values; a pool's keys are added per request.
+        self.upstream = Upstream(config, connector, auth=goog_key)
         base = config.base_url or DEFAULT_BASE_URL
         self._base = base.removesuffix("/v1") + "/v1/publishers/google/models/"
         self._urls: dict[str, tuple[str, str]] = {}
         for model in config.models:
             self._url(model, True)
         headers = {k.lower(): v for k, v in config.headers.items()}
-        headers.update({"content-type": "application/json", "x-goog-api-key": config.api_key.get_secret_value()})
+        headers["content-type"] = "application/json"
+        if config.api_key is not None:
+            headers.update(goog_key(config.api_key.get_secret_value()))
         self._headers = headers
         self._stream_headers = {**headers, "accept": "text/event-stream"}
 
