@@ -161,7 +161,8 @@ def scaling_lines(res: dict[str, Any]) -> list[str]:
     w1, w2 = sc["workers_1"], sc["workers_2"]
     return ["", f"vte-proxy --workers 2 against 1 ({sc['note']}): {w2['rps']:,.0f} against {w1['rps']:,.0f} req/s, "
                 f"x{sc['ratio']:.2f}; p99 {w2['p99_ms']} against {w1['p99_ms']} ms; failures {w2['failures']} / "
-                f"{w1['failures']}"]
+                f"{w1['failures']}; streams sustained {sustained_text(w2.get('streams'))} against "
+                f"{sustained_text(w1.get('streams'))}"]
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -208,8 +209,9 @@ def targets(res: dict[str, Any]) -> list[str]:
     f = failures(vte, mem.get("vte"))
     line(f == 0, f"zero errors: {f} (every vte-proxy cell, the sweep's last step included)")
     sc = res.get("scaling")
-    line(None if not sc else sc["ratio"] > 1.2, f"--workers 2 scales: x{sc['ratio']:.2f}" if sc else
-         "--workers 2 scales: not measured")
+    line(None if not sc else sc["ratio"] > 1.2 and sc.get("streams_ratio", 0) > 1.2,
+         f"--workers 2 scales: x{sc['ratio']:.2f} req/s, x{sc.get('streams_ratio', 0):.2f} streams sustained "
+         "(wrk and the stream client share the two cores)" if sc else "--workers 2 scales: not measured")
     return out
 
 
@@ -226,7 +228,7 @@ def chart(res: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     gw = res["gateways"]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     xs = list(range(len(BOUNDS)))
     for n in ORDER:
         g = gw.get(n)
@@ -247,9 +249,31 @@ def chart(res: dict[str, Any], path: Path) -> bool:
     title = "Throughput frontier: the most req/s with p99 under each bound"
     ax.set_title(title + (" (SMOKE)" if res["meta"].get("smoke") else ""), fontsize=10)
     ax.grid(True, which="both", axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+# ------------------------------------------------------------------ markdown (README, docs)
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The table as Markdown, for the README and docs/performance.md (``run.py --markdown``)."""
+    gw, mem = res["gateways"], res.get("memory") or {}
+    names = [n for n in ORDER if n in gw]
+    out = ["| | " + " | ".join(f"{gw[n]['label']} ({gw[n].get('version') or '?'})" for n in names) + " |",
+           "| --- |" + " ---: |" * len(names)]
+    for label, fmt, section in rows(res):
+        out.append(f"| {label} | " + " | ".join(cell_text(gw[n], section, fmt) for n in names) + " |")
+    for label, fmt in memory_rows(res):
+        vals = []
+        for n in names:
+            m = mem.get(n)
+            vals.append("not measured" if m is None else "did not start" if m.get("started") is False else
+                        NS if not served(m) else fmt(m))
+        out.append(f"| {label} | " + " | ".join(vals) + " |")
+    out.append("| failures, all cells | " + " | ".join(num(failures(gw[n], mem.get(n)), ",") for n in names) + " |")
+    return "\n".join(out)

@@ -37,8 +37,8 @@ class Cores:
     """Where things run: ``gateway`` for the gateway under test, ``load`` for wrk, the mocks and
     the stream client. ``None`` means unpinned (a machine with one core, or no taskset)."""
 
-    gateway: int | None
-    load: int | None
+    gateway: int | str | None
+    load: int | str | None
 
     def pin(self, cmd: list[str], cpu: int | str | None) -> list[str]:
         return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]

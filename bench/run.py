@@ -59,6 +59,7 @@ def options() -> argparse.Namespace:
     ap.add_argument("--json", default=str(HERE / "results" / "latest.json"), help="where the JSON goes")
     ap.add_argument("--chart", default=str(HERE / "results" / "frontier.png"), help="where the PNG goes")
     ap.add_argument("--from-json", metavar="PATH", help="only print the table (and draw the chart) of a JSON file")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (README, docs)")
     ap.add_argument("--port-base", type=int, default=18100)
     ap.add_argument("--gateway-cpu", type=int, default=1)
     ap.add_argument("--load-cpu", type=int, default=0)
@@ -170,10 +171,13 @@ def procs_work() -> Path:
 
 def scaling(ports: gws.Ports, features: set[str], procs: Processes, s: cells.Settings, gateway_cmd: list[str] | None
             ) -> dict[str, Any]:
-    """One worker against ``--workers 2``, both free to use both cores and wrk too (a 2-core
-    machine has no third core for the load): the same c=64 run against each."""
-    both = Cores("0,1", "0,1")  # type: ignore[arg-type]
-    out: dict[str, Any] = {"note": "gateway and wrk both unpinned on cores 0,1; wrk -c64"}
+    """One worker against ``--workers 2``, both free to use both cores, and so are wrk and the
+    stream client (a 2-core machine has no third core for the load): the same c=64 wrk run and
+    the same streams-sustained sweep (from 100 streams up) against each."""
+    both = Cores("0,1", "0,1")
+    out: dict[str, Any] = {"note": "gateway, wrk and stream client all unpinned on cores 0,1; wrk -c64"}
+    steps = cells.Settings(**{**s.__dict__, "stream_steps": tuple(n for n in s.stream_steps if n >= 100) or
+                              s.stream_steps})
     for workers in (1, 2):
         gw = gws.vte(ports, procs.work, features, workers, "0,1", gateway_cmd)
         gw.start(procs)
@@ -183,11 +187,14 @@ def scaling(ports: gws.Ports, features: set[str], procs: Processes, s: cells.Set
             wrk(gw.base, reqfile, 16, 2, both)
             r = cells.metered(gw.proc.pid if gw.proc else None,
                               lambda g=gw, f=reqfile: wrk(g.base, f, 64, s.seconds * 2, both))
-            out[f"workers_{workers}"] = r
             say(f"  --workers {workers}: {r['rps']:,.0f} req/s, p99 {r['p99_ms']} ms, {r['failures']} failures")
+            r["streams"] = cells.sustained(cells.stream_url(gw), gw.paced, both, steps, gw.label)  # type: ignore[arg-type]
+            out[f"workers_{workers}"] = r
         finally:
             gw.stop(procs)
     out["ratio"] = round(out["workers_2"]["rps"] / max(out["workers_1"]["rps"], 1e-9), 2)
+    out["streams_ratio"] = round(out["workers_2"]["streams"]["sustained"] /
+                                 max(out["workers_1"]["streams"]["sustained"], 1), 2)
     return out
 
 
@@ -302,7 +309,7 @@ def main() -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
         say(f"every figure: {args.json}")
-    print(report.table(res))
+    print(report.markdown(res) if args.markdown else report.table(res))
     if report.chart(res, Path(args.chart)):
         say(f"frontier chart: {args.chart}")
     return 0
