@@ -173,6 +173,22 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def readings(vte: dict[str, Any], peer: dict[str, Any], factor: float) -> tuple[bool, list[str]]:
+    """vte-proxy's req/s over the peer's at every bound of the frontier (and of the /v1/messages
+    frontier when the peer serves it): a bound neither reaches is no reading; one only the peer
+    reaches is a miss; one only vte-proxy reaches counts as met (x inf)."""
+    ok, parts = True, []
+    for label, path in [(b, ("frontier", "bounds", b)) for b in BOUNDS] + [
+            (f"messages {b}", ("messages", "frontier", "bounds", b)) for b in BOUNDS if served(peer.get("messages"))]:
+        v, w = get(vte, *path, "rps"), get(peer, *path, "rps")
+        if v is None and w is None:
+            continue
+        r = ratio(v, w)
+        ok = ok and r is not None and r >= factor
+        parts.append(f"{label} " + ("-" if r is None else "x inf" if r == float("inf") else f"x{r:.1f}"))
+    return ok, parts
+
+
 def targets(res: dict[str, Any]) -> list[str]:
     gw, mem = res["gateways"], res.get("memory") or {}
     vte = gw.get("vte")
@@ -188,12 +204,7 @@ def targets(res: dict[str, Any]) -> list[str]:
         if not p or not served(p.get("frontier")) or p.get("started") is False:
             line(None, f"x{factor:g} {peer} on every throughput reading: {peer} not measured or not served")
             continue
-        parts, ok = [], True
-        for b in BOUNDS:
-            v, w = get(vte, "frontier", "bounds", b, "rps"), get(p, "frontier", "bounds", b, "rps")
-            r = ratio(v, w)
-            ok = ok and r is not None and r >= factor
-            parts.append(f"{b} " + ("-" if r is None else "x inf" if r == float("inf") else f"x{r:.1f}"))
+        ok, parts = readings(vte, p, factor)
         line(ok, f"x{factor:g} {peer} on every throughput reading: " + ", ".join(parts))
     pk = gw.get("portkey")
     a, b = get(vte, "latency", "added_p99_ms"), get(pk, "latency", "added_p99_ms")
@@ -276,4 +287,5 @@ def markdown(res: dict[str, Any]) -> str:
                         NS if not served(m) else fmt(m))
         out.append(f"| {label} | " + " | ".join(vals) + " |")
     out.append("| failures, all cells | " + " | ".join(num(failures(gw[n], mem.get(n)), ",") for n in names) + " |")
-    return "\n".join(out)
+    notes = evidence(res, names) + scaling_lines(res) + targets(res)
+    return "\n".join([header(res).replace("\n", "  \n"), "", *out, "", "```", *[n for n in notes if n], "```"])

@@ -11,7 +11,7 @@ for the next experiment. Patches (comma-separated first argument, the rest is th
   tracemalloc  the memory added since idle by file and line, every 10 s (slow: use ~300 streams)
 
     .venv/bin/python bench/whatif.py census serve --config gateway.yaml --port 8050
-    .venv/bin/python bench/run.py --memory-only --gateway-cmd ".venv/bin/python bench/whatif.py trim"
+    .venv/bin/python bench/run.py --gateways vte --gateway-cmd ".venv/bin/python bench/whatif.py trim"
 """
 
 from __future__ import annotations
