@@ -6,7 +6,7 @@ CONFIG ?= gateway.yaml.example
 PORT   ?= 8050
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test debs lint schema helm-lint docker bench bench-smoke clean
+.PHONY: help venv run test debs lint schema helm-lint docker bench bench-smoke clean claude-code
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: venv ## run the test suite (installs the Debian packages below if missing)
 
 debs: ## install Debian's chromium (status-page browser test), libjemalloc2 (the image's allocator), redis-server (limits tests)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libjemalloc2 redis-server >/dev/null
+
+claude-code: ## install the pinned Claude Code (npm) for its end-to-end test (the test also does it)
+	scripts/install_claude_code.sh
 
 lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check vte_proxy tests bench

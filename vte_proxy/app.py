@@ -22,14 +22,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vte_proxy import metrics
 from vte_proxy.accounting import Accounting
-from vte_proxy.dialect import dialect_for_path
+from vte_proxy.dialect import ANTHROPIC, dialect_for_path
 from vte_proxy.discovery import Discovery
 from vte_proxy.errors import GatewayError
 from vte_proxy.http import HealthEndpoint, ModelsEndpoint, ProxyEndpoint, authenticate_status
 from vte_proxy.limits import Stores
 from vte_proxy.memory import QUIET_SECONDS, MemoryWatcher
 from vte_proxy.middleware import CORSMiddleware, GuardMiddleware
-from vte_proxy.providers.base import ENDPOINTS
+from vte_proxy.providers.base import ENDPOINTS, MESSAGES_ENDPOINTS
 from vte_proxy.reload import install_sighup, poll_config, watch_config
 from vte_proxy.state import Gateway
 from vte_proxy.status import StatusPage
@@ -74,6 +74,11 @@ async def _metrics(request: Request) -> Response:
             return denied
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)
+
+
+async def _head_ok(request: Request) -> Response:
+    """``HEAD /``: the reachability check of Claude Code and the anthropic SDKs; it tells nothing."""
+    return Response(status_code=200)
 
 
 def _drain_on_sigterm(gateway: Gateway) -> None:
@@ -151,6 +156,7 @@ def _routes(gateway: Gateway, accounting: Accounting, status: StatusPage,
         Route("/healthz", HealthEndpoint(gateway, readiness=False), methods=["GET"]),
         Route("/readyz", HealthEndpoint(gateway, readiness=True), methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/", _head_ok, methods=["HEAD"]),  # before the status page: GET / stays its own
         *status.routes(),
     ]
 
@@ -170,6 +176,7 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None,
     status = StatusPage(gateway, discovery, accounting)
     memory = MemoryWatcher(lambda: accounting.finished, gateway.in_flight, quiet_seconds)
     proxied = {f"/v1/{ep}": ProxyEndpoint(gateway, accounting, ep) for ep in ENDPOINTS}
+    proxied.update({f"/v1/{ep}": ProxyEndpoint(gateway, accounting, ep, ANTHROPIC) for ep in MESSAGES_ENDPOINTS})
     handlers = {HTTPException: _http_error, GatewayError: _gateway_error, Exception: _internal_error}
     app = Starlette(routes=_routes(gateway, accounting, status, proxied),
                     lifespan=Lifespan(gateway, discovery, memory), exception_handlers=handlers)

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 StreamMode = Literal["auto", "force_stream", "force_non_stream"]
-ProviderType = Literal["openai", "vertex-express", "echo"]
+ProviderType = Literal["openai", "anthropic", "vertex-express", "echo"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -214,7 +214,8 @@ def _url_error(v: str, what: str) -> str | None:
 class ProviderConfig(_Frozen):
     name: str = Field(pattern=_NAME)
     type: ProviderType
-    base_url: str | None = Field(None, description="API root, e.g. https://api.openai.com/v1")
+    base_url: str | None = Field(None, description="API root, e.g. https://api.openai.com/v1 "
+                                 "(anthropic: https://api.anthropic.com by default)")
     api_key: SecretStr | None = None
     api_keys: tuple[UpstreamKey, ...] | None = Field(
         None, min_length=1, description="A pool of upstream keys instead of api_key: picked by weight; a 429 "
@@ -291,10 +292,10 @@ class ProviderConfig(_Frozen):
             raise ValueError("base_url is required for type openai")
         if self.api_key is not None and self.api_keys is not None:
             raise ValueError("give api_key or api_keys, not both")
-        if self.type == "vertex-express" and not self.has_key:
-            raise ValueError("api_key (or api_keys) is required for type vertex-express")
-        if self.type != "openai" and self.discover.enabled:
-            raise ValueError(f"discover is only supported for type openai, not {self.type}")
+        if self.type in ("vertex-express", "anthropic") and not self.has_key:
+            raise ValueError(f"api_key (or api_keys) is required for type {self.type}")
+        if self.type not in ("openai", "anthropic") and self.discover.enabled:
+            raise ValueError(f"discover is only supported for types openai and anthropic, not {self.type}")
         if not self.models and not self.discover.enabled:
             raise ValueError("models must list at least one model (or enable discover)")
         return self
@@ -344,7 +345,10 @@ class RouteConfig(_Frozen):
 
 class CorsConfig(_Frozen):
     allow_origins: tuple[str, ...] = ()
-    allow_headers: tuple[str, ...] = ("authorization", "content-type", "x-api-key", "x-goog-api-key")
+    # anthropic-*: what the anthropic SDK sends from a browser (dangerouslyAllowBrowser).
+    allow_headers: tuple[str, ...] = ("authorization", "content-type", "x-api-key", "x-goog-api-key",
+                                      "anthropic-version", "anthropic-beta",
+                                      "anthropic-dangerous-direct-browser-access")
     max_age: int = 600
 
 

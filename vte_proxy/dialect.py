@@ -14,7 +14,9 @@ from typing import Any
 
 import orjson
 
-from vte_proxy.errors import GatewayError, bad_request
+from vte_proxy.anthropic.errors import error_body as anthropic_error_body
+from vte_proxy.anthropic.errors import to_anthropic
+from vte_proxy.errors import GatewayError, UpstreamError, bad_request
 
 MAX_MODEL_NAME = 256
 
@@ -65,6 +67,31 @@ def _openai_error_event(err: GatewayError) -> bytes:
 OPENAI = Dialect("openai", parse_openai, _openai_error_body, _openai_error_event)
 
 
+def parse_anthropic(raw: bytes) -> dict[str, Any]:
+    """An Anthropic Messages (or count_tokens) body: a JSON object with a string ``model`` and a
+    ``messages`` list; 400 otherwise. The rest is checked by Anthropic itself (native calls)
+    or by the translation (:func:`vte_proxy.anthropic.messages_to_chat`)."""
+    body = parse_openai(raw)
+    if not isinstance(body.get("messages"), list):
+        raise bad_request("messages: Field required (a list)", "invalid_request_error")
+    return body
+
+
+def _anthropic_error_body(err: GatewayError) -> bytes:
+    """``{"type": "error", "error": {"type", "message"}}``; an upstream's own error body (OpenAI,
+    Gemini or Anthropic shaped) is translated, its message kept."""
+    if isinstance(err, UpstreamError) and err.upstream_body is not None:
+        return orjson.dumps(to_anthropic(err.status, err.upstream_body))
+    return orjson.dumps(anthropic_error_body(err.status, err.message))
+
+
+def _anthropic_error_event(err: GatewayError) -> bytes:
+    return b"event: error\ndata: " + _anthropic_error_body(err)
+
+
+ANTHROPIC = Dialect("anthropic", parse_anthropic, _anthropic_error_body, _anthropic_error_event)
+
+
 def dialect_for_path(path: str) -> Dialect:
-    """The dialect errors on ``path`` are written in."""
-    return OPENAI
+    """The dialect errors on ``path`` are written in: Anthropic's on ``/v1/messages...``."""
+    return ANTHROPIC if path.startswith("/v1/messages") else OPENAI

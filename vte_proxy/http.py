@@ -186,8 +186,26 @@ class ProxyEndpoint:
             sink.close()
 
 
-def _model_object(name: str, provider: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": provider}
+def _model_object(name: str, provider: str, created: int, anthropic: bool = False) -> dict[str, Any]:
+    """A model in OpenAI's shape; with Anthropic's fields too for the anthropic SDKs and Claude Code."""
+    obj: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": provider}
+    if anthropic:
+        obj.update(type="model", display_name=name,
+                   created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)))
+    return obj
+
+
+def _wants_anthropic(scope: Scope) -> bool:
+    """The caller is an Anthropic client (its SDKs and Claude Code always send anthropic-version)."""
+    return any(name == b"anthropic-version" for name, _ in scope["headers"])
+
+
+def _model_list(data: list[dict[str, Any]], anthropic: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"object": "list", "data": data}
+    if anthropic:  # one page: Anthropic's pagination fields, so its SDK's list() stops here
+        out.update(has_more=False, first_id=data[0]["id"] if data else None,
+                   last_id=data[-1]["id"] if data else None)
+    return out
 
 
 class ModelsEndpoint:
@@ -200,17 +218,18 @@ class ModelsEndpoint:
         state = pinned_state(scope, self.gateway)
         key = authenticate(state, scope)
         created = int(state.loaded_at)
+        anthropic = _wants_anthropic(scope)
         wanted = scope.get("path_params", {}).get("model_id")
         if wanted is None:
-            data = [_model_object(e.name, _owner(e.route, e.targets[0].provider if e.targets else ""), created)
-                    for e in state.routing.entries.values() if key.allows(e.name)]
-            await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
+            data = [_model_object(e.name, _owner(e.route, e.targets[0].provider if e.targets else ""), created,
+                                  anthropic) for e in state.routing.entries.values() if key.allows(e.name)]
+            await send_json(send, 200, orjson.dumps(_model_list(data, anthropic)))
             return
         entry = state.routing.resolve(wanted)
         if entry is None or not key.allows(wanted):
             raise GatewayError(404, f"model {wanted!r} does not exist or is not served here", "model_not_found")
         owner = _owner(entry.route, entry.targets[0].provider if entry.targets else "")
-        await send_json(send, 200, orjson.dumps(_model_object(wanted, owner, created)))
+        await send_json(send, 200, orjson.dumps(_model_object(wanted, owner, created, anthropic)))
 
 
 def _owner(route: bool, provider: str) -> str:

@@ -16,7 +16,7 @@ from vte_proxy.config import ErrorReply
 from vte_proxy.dialect import dialect_for_path
 from vte_proxy.errors import GatewayError
 from vte_proxy.exchange import render_error
-from vte_proxy.providers.base import ENDPOINTS
+from vte_proxy.providers.base import ENDPOINTS, MESSAGES_ENDPOINTS
 from vte_proxy.record import RequestRecord
 from vte_proxy.state import Gateway, pinned_state
 
@@ -72,7 +72,7 @@ class GuardMiddleware:
 
     async def _overloaded(self, scope: Scope, send: Send) -> None:
         endpoint = scope["path"][4:]
-        rec = RequestRecord.start(endpoint if endpoint in ENDPOINTS else "other")
+        rec = RequestRecord.start(endpoint if endpoint in ENDPOINTS or endpoint in MESSAGES_ENDPOINTS else "other")
         rec.failed(503, "overloaded")
         await render_error(send, GatewayError(503, "the gateway is at its concurrency limit, retry later",
                                               "overloaded", headers={"retry-after": "1"}),

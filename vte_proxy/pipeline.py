@@ -11,15 +11,18 @@ import asyncio
 import logging
 import math
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vte_proxy import system_prompt
+from vte_proxy.anthropic import calls as anthropic_calls
+from vte_proxy.anthropic.shaping import shape_messages
 from vte_proxy.auth import ClientKey
 from vte_proxy.balancing import CircuitBreaker, Slot
 from vte_proxy.errors import GatewayError, UpstreamError
 from vte_proxy.limits import LimitExceeded, Ticket, estimate
-from vte_proxy.providers.base import Answer, Call, Provider, StreamAnswer
+from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
 from vte_proxy.record import RequestRecord
 from vte_proxy.routing import Entry, Target
 from vte_proxy.shaping import Plan, Reply, shape
@@ -27,10 +30,25 @@ from vte_proxy.state import GatewayState
 
 log = logging.getLogger("vte_proxy.pipeline")
 
-# Client headers passed to OpenAI-type upstreams; everything else (Authorization, cookies,
-# hop-by-hop, Host) is never forwarded.
-FORWARDED_HEADERS = (b"openai-beta", b"x-request-id")
-RETRY_STATUSES = (502, 503, 504)
+# Client headers passed to upstreams (anthropic-*: to Anthropic upstreams only); everything else
+# (Authorization, cookies, hop-by-hop, Host) is never forwarded.
+FORWARDED_HEADERS = (b"openai-beta", b"x-request-id", b"anthropic-version", b"anthropic-beta")
+# Endpoints whose upstream call follows the stream policy (stream_mode).
+POLICY_ENDPOINTS = ("chat/completions", "messages")
+RETRY_STATUSES = (502, 503, 504, 529)  # 529: Anthropic's "overloaded"
+
+
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """What an ingress dialect other than OpenAI's (canonical) adds to the walk: the call each
+    provider type gets (or an answer without one), and the shaping back into the dialect."""
+
+    prepare: Callable[[Call, str], Awaitable[Call | JsonAnswer]]      # (call, provider type)
+    shape: Callable[[Answer, Plan, str], Awaitable[Reply]]            # (answer, plan, provider type)
+
+
+# Ingress dialects by name (Request.dialect); OpenAI's is the canonical form and needs none.
+INGRESS = {"anthropic": Ingress(anthropic_calls.prepare, shape_messages)}
 
 
 class Tracker(Protocol):
@@ -69,7 +87,11 @@ async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> R
     answer, target = await call_targets(state, entry, request, tracker, ticket)
     plan = Plan(request.endpoint, entry.name, target.provider, target.upstream_model, request.client_stream,
                 keep_usage=request.endpoint == "responses" or wants_usage(request.body))
-    reply = await shape(answer, plan)
+    ingress = INGRESS.get(request.dialect)
+    if ingress is None:
+        reply = await shape(answer, plan)
+    else:
+        reply = await ingress.shape(answer, plan, state.providers.providers[target.provider].config.type)
     reply.headers.update(ticket.headers())
     return reply
 
@@ -105,9 +127,9 @@ def wants_usage(body: dict[str, Any]) -> bool:
 
 def upstream_streams(state: GatewayState, request: Request, target: Target) -> bool:
     """Whether to call the upstream streaming: the stream policy (chat only) or the client."""
-    if request.endpoint == "embeddings":
+    if request.endpoint in ("embeddings", anthropic_calls.COUNT_TOKENS):
         return False
-    if request.endpoint == "chat/completions":
+    if request.endpoint in POLICY_ENDPOINTS:
         mode = state.stream_modes[target.provider]
         if mode != "auto":
             return mode == "force_stream"
@@ -250,6 +272,12 @@ async def _attempts(state: GatewayState, target: Target, request: Request) -> An
     request.sent = _body(state, request, provider)
     call = Call(request.endpoint, request.sent, target, upstream_streams(state, request, target), request.headers,
                 request.dialect)
+    ingress = INGRESS.get(request.dialect)
+    if ingress is not None:
+        prepared = await ingress.prepare(call, provider.config.type)
+        if isinstance(prepared, JsonAnswer):
+            return prepared  # answered without a call (count_tokens estimate)
+        call = prepared
     retries = provider.config.retries
     for attempt in range(retries + 1):
         try:

@@ -77,7 +77,8 @@ def test_check_invalid_config_exits_1_with_every_error_and_its_line(tmp_path: Pa
         f"keys[2].colour (line {at('colour: red')}): unknown key 'colour'",
         f"providers[0].base_url (line {at('base_url:')}): must be an http:// or https:// URL",
         f"providers[0].api_key (line {at('api_key:')}): environment variable TEST_UPSTREAM_KEY is not set",
-        f"providers[1].type (line {at('type: magic')}): Input should be 'openai', 'vertex-express' or 'echo'",
+        f"providers[1].type (line {at('type: magic')}): "
+        "Input should be 'openai', 'anthropic', 'vertex-express' or 'echo'",
     ]
 
 

@@ -195,6 +195,7 @@ def test_cors_preflight_and_simple_requests(tmp_path, upstream) -> None:  # type
         assert pre.status_code == 204
         assert pre.headers["access-control-allow-origin"] == "https://chat.example.com"
         assert "authorization" in pre.headers["access-control-allow-headers"]
+        assert "anthropic-version" in pre.headers["access-control-allow-headers"]  # the anthropic SDK in a browser
         r = httpx.get(gw.url + "/v1/models", headers={"Origin": "https://chat.example.com",
                                                        "Authorization": f"Bearer {CLIENT_KEY}"})
         assert r.headers["access-control-allow-origin"] == "https://chat.example.com"

@@ -229,7 +229,8 @@ def _bad_yaml(text: str) -> tuple[str, str]:
 
 def _unknown_type(text: str) -> tuple[str, str]:
     bad = text.replace("type: echo", "type: magic")
-    return bad, f"providers[1].type (line {_line(bad, 'type: magic')}): Input should be 'openai', 'vertex-express'"
+    return bad, (f"providers[1].type (line {_line(bad, 'type: magic')}): "
+                 "Input should be 'openai', 'anthropic', 'vertex-express'")
 
 
 def _missing_env(text: str) -> tuple[str, str]:

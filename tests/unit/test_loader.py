@@ -190,7 +190,7 @@ def test_unknown_provider_type_is_located() -> None:
     text = BASE.replace("type: echo", "type: magic")
     issue = only(issues_of(text))
     assert (issue.place, issue.line) == ("providers[1].type", line_of(text, "type: magic"))
-    assert "'openai', 'vertex-express' or 'echo'" in issue.message
+    assert "'openai', 'anthropic', 'vertex-express' or 'echo'" in issue.message
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/v1", "api.openai.com/v1", "http://", "http://bad host/v1",

@@ -13,6 +13,10 @@ def build_provider(config: ProviderConfig, connector: ConnectorFactory | None = 
         from vte_proxy.providers.openai import OpenAIProvider
 
         return OpenAIProvider(config, connector)
+    if config.type == "anthropic":
+        from vte_proxy.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(config, connector)
     if config.type == "vertex-express":
         from vte_proxy.providers.vertex import VertexExpressProvider
 

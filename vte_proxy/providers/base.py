@@ -22,6 +22,9 @@ from vte_proxy.errors import GatewayError
 from vte_proxy.routing import Target
 
 ENDPOINTS = ("chat/completions", "completions", "embeddings", "responses")
+# Anthropic Messages endpoints (the ``anthropic`` dialect): native to ``anthropic`` providers,
+# translated to chat/completions for the others (vte_proxy.anthropic.calls).
+MESSAGES_ENDPOINTS = ("messages", "messages/count_tokens")
 
 # Batches of complete SSE events (each without its trailing blank line): one batch per
 # upstream read, so the client side can send them in one write.
@@ -30,7 +33,7 @@ EventBatches = AsyncGenerator[list[bytes], None]
 
 @dataclass(slots=True)
 class Call:
-    endpoint: str                 # one of ENDPOINTS
+    endpoint: str                 # one of ENDPOINTS or MESSAGES_ENDPOINTS
     body: dict[str, Any]          # the client's JSON body; providers must not mutate it
     target: Target
     stream: bool                  # call the upstream streaming
