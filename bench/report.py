@@ -52,10 +52,17 @@ def rows(res: dict[str, Any]) -> list[tuple[str, Any, str]]:
         ("stream: added gap p50 / p99, ms",
          lambda c: f"{num(c['added_gap_p50_ms'], '.2f')} / {num(c['added_gap_p99_ms'], '.2f')}", "streams"),
         ("streams sustained", lambda c: sustained_text(c.get("sustained")), "streams"),
+        ("stream: CPU us/stream at that step", lambda c: num(stream_cpu(c.get("sustained"))), "streams"),
         ("/v1/messages: added p50 / p99, ms", lambda c: f"{num(get(c, 'latency', 'added_p50_ms'), '.3f')} / "
          f"{num(get(c, 'latency', 'added_p99_ms'), '.3f')}", "messages"),
         ("/v1/messages: req/s unbounded", lambda c: num(get(c, "frontier", "bounds", "unbounded", "rps")), "messages"),
     ]
+
+
+def stream_cpu(st: dict[str, Any] | None) -> float | None:
+    """The gateway's CPU per stream (its 67 frames, connection and request) at the last step it passed."""
+    passed = [w for w in (st or {}).get("steps", []) if w.get("pass")]
+    return passed[-1].get("gateway_cpu_us_per_stream") if passed else None
 
 
 def sustained_text(st: dict[str, Any] | None) -> str:
