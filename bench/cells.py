@@ -143,7 +143,7 @@ def stream_overhead(gw: Gateway, direct: Gateway, cores: Cores, s: Settings) -> 
     """Added time to first token and added inter-frame gaps: a small wave through the gateway
     and the same wave straight at the paced upstream, back to back."""
     first = wave(stream_url(gw), gw.paced, 1, cores)  # type: ignore[arg-type]
-    timing = {f"a gap over {200} ms", f"first token after {2000} ms"}  # a slow probe is still served
+    timing = {"a gap over 200 ms", "first token after 2000 ms"}  # a probe that is only slow is served
     if set(first.get("reasons", {})) - timing:
         return not_served(f"{(first.get('samples') or ['the probe stream failed'])[0]}"
                           + (f"; its log: {gw.log_error()}" if gw.log_error() else ""))
