@@ -4,31 +4,42 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= gateway.yaml.example
 PORT   ?= 8050
+# The example config's key sk-demo is public: `make run` listens on loopback unless told otherwise.
+HOST   ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test debs lint schema helm-lint docker bench bench-smoke clean claude-code
+.PHONY: help venv dev run test debs lint schema helm-lint docker bench bench-smoke clean claude-code
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/vte-proxy: pyproject.toml
+# Two stamps: serving needs only the runtime dependencies (seconds to install); the tests,
+# linters and deployment checks need the dev extras on top (minutes).
+$(VENV)/.runtime: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	@touch $@
 
-venv: $(BIN)/vte-proxy ## create .venv and install the project with its dev tools
+venv: $(VENV)/.dev ## create .venv and install the project with its dev tools (same as `make dev`)
 
-run: venv ## serve gateway.yaml.example on :8050 (demo key sk-demo, model demo/echo)
-	$(BIN)/vte-proxy serve --config $(CONFIG) --port $(PORT)
+dev: $(VENV)/.dev ## install the dev extras (tests, linters, Helm and image checks) into .venv
 
-test: venv ## run the test suite (installs the Debian packages below if missing)
+run: $(VENV)/.runtime ## serve gateway.yaml.example on 127.0.0.1:8050 (runtime deps only; HOST=0.0.0.0 to expose it)
+	$(BIN)/vte-proxy serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+test: venv ## run the test suite (installs the dev extras, and the Debian packages below if missing)
 	@command -v chromium >/dev/null 2>&1 && ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 \
-	  && command -v redis-server >/dev/null 2>&1 || $(MAKE) --no-print-directory debs
+	  && command -v redis-server >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory debs
 	$(BIN)/python -m pytest -q
 
-debs: ## install Debian's chromium (status-page browser test), libjemalloc2 (the image's allocator), redis-server (limits tests)
+debs: ## install Debian's chromium (browser tests), libjemalloc2 (the image's allocator), redis-server (limits tests), nodejs+npm (JS SDK tests)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libjemalloc2 redis-server >/dev/null
+	@command -v npm >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 
 claude-code: ## install the pinned Claude Code (npm) for its end-to-end test (the test also does it)
 	scripts/install_claude_code.sh

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +40,9 @@ from starlette.routing import Route
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+# npm packages the tests use (the OpenAI JS SDK), installed once per version into this cache.
+NPM_CACHE = ROOT / ".cache" / "npm"
+OPENAI_JS = "openai@7.59.0"
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
 CLIENT_KEY = "sk-client-SECRET-abcdef"
 LIMITED_KEY = "sk-limited-key-000"  # gateway_yaml's key `limited`: only demo/* models
@@ -60,11 +64,11 @@ class AppServer:
     """An ASGI app served by uvicorn on a free loopback port, in a daemon thread with its own
     event loop (so sync clients like the openai SDK and async tests can both reach it)."""
 
-    def __init__(self, app: Any, lifespan: str = "off") -> None:
+    def __init__(self, app: Any, lifespan: str = "off", **options: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                     lifespan=lifespan))
+                                                     lifespan=lifespan, **options))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def start(self, timeout: float = 10) -> AppServer:
@@ -99,10 +103,11 @@ def loopback_connector(provider: object = None) -> aiohttp.TCPConnector:
 
 
 @contextlib.contextmanager
-def serve_app_in_thread(app: Any, lifespan: str = "off") -> Iterator[AppServer]:
+def serve_app_in_thread(app: Any, lifespan: str = "off", **options: Any) -> Iterator[AppServer]:
     """Serve ``app`` on loopback for the duration of the block (``.url`` has no path);
-    ``lifespan="on"`` runs the app's startup and shutdown (a whole gateway)."""
-    server = AppServer(app, lifespan).start()
+    ``lifespan="on"`` runs the app's startup and shutdown (a whole gateway); ``options`` go to
+    ``uvicorn.Config`` (e.g. ``http=`` a protocol class)."""
+    server = AppServer(app, lifespan, **options).start()
     try:
         yield server
     finally:
@@ -129,6 +134,7 @@ class Stream:
     done: bool = True           # end with data: [DONE]
     cut: bool = False           # drop the connection after the events (no [DONE])
     first_delay: float = 0.0    # before the response headers
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -247,7 +253,7 @@ class ScriptedUpstream:
                             media_type="application/json")
         if behaviour.first_delay:
             await asyncio.sleep(behaviour.first_delay)
-        return StreamingResponse(self._events(behaviour), media_type="text/event-stream")
+        return StreamingResponse(self._events(behaviour), media_type="text/event-stream", headers=behaviour.headers)
 
     async def _events(self, s: Stream) -> AsyncIterator[bytes]:
         self.open_streams += 1
@@ -411,6 +417,25 @@ def running_gateway(tmp_path: Path, config_text: str, **kw: Any) -> Iterator[Gat
         yield gw
     finally:
         gw.stop()
+
+
+def npm_package(spec: str) -> Path:
+    """``node_modules/<name>`` of ``spec`` (``name@version``), installed into NPM_CACHE with npm
+    on first use; a missing node or npm fails the test, it never skips it."""
+    import pytest
+
+    name = spec.rsplit("@", 1)[0]
+    prefix = NPM_CACHE / spec.replace("/", "+")
+    package = prefix / "node_modules" / name
+    if (package / "package.json").exists():
+        return package
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: the JS SDK tests need Debian's nodejs and npm", pytrace=False)
+    prefix.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(prefix), spec],
+                   check=True, capture_output=True, timeout=300)
+    return package
 
 
 # ---------------------------------------------------------------- the gateway in this process

@@ -22,13 +22,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vte_proxy import metrics
 from vte_proxy.accounting import Accounting
+from vte_proxy.cors import CORSMiddleware
 from vte_proxy.dialect import ANTHROPIC, dialect_for_path
 from vte_proxy.discovery import Discovery
 from vte_proxy.errors import GatewayError
 from vte_proxy.http import HealthEndpoint, ModelsEndpoint, ProxyEndpoint, authenticate_status
 from vte_proxy.limits import Stores
 from vte_proxy.memory import QUIET_SECONDS, MemoryWatcher
-from vte_proxy.middleware import CORSMiddleware, GuardMiddleware
+from vte_proxy.middleware import Concurrency, GuardMiddleware
 from vte_proxy.providers.base import ENDPOINTS, MESSAGES_ENDPOINTS
 from vte_proxy.reload import install_sighup, poll_config, watch_config
 from vte_proxy.state import Gateway
@@ -146,13 +147,13 @@ class Lifespan:
 
 
 def _routes(gateway: Gateway, accounting: Accounting, status: StatusPage,
-            proxied: dict[str, ProxyEndpoint]) -> list[BaseRoute]:
+            proxied: dict[str, ProxyEndpoint], concurrency: Concurrency) -> list[BaseRoute]:
     models = ModelsEndpoint(gateway)
     return [
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in proxied.items()),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", models, methods=["GET"]),
-        WebSocketRoute("/v1/chat/completions/ws", ChatWebSocket(gateway, accounting)),
+        WebSocketRoute("/v1/chat/completions/ws", ChatWebSocket(gateway, accounting, concurrency)),
         Route("/healthz", HealthEndpoint(gateway, readiness=False), methods=["GET"]),
         Route("/readyz", HealthEndpoint(gateway, readiness=True), methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
@@ -178,12 +179,14 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None,
     proxied = {f"/v1/{ep}": ProxyEndpoint(gateway, accounting, ep) for ep in ENDPOINTS}
     proxied.update({f"/v1/{ep}": ProxyEndpoint(gateway, accounting, ep, ANTHROPIC) for ep in MESSAGES_ENDPOINTS})
     handlers = {HTTPException: _http_error, GatewayError: _gateway_error, Exception: _internal_error}
-    app = Starlette(routes=_routes(gateway, accounting, status, proxied),
+    concurrency = Concurrency()  # server.max_concurrency counts HTTP requests and WebSocket answers together
+    app = Starlette(routes=_routes(gateway, accounting, status, proxied, concurrency),
                     lifespan=Lifespan(gateway, discovery, memory), exception_handlers=handlers)
+    app.router.redirect_slashes = False  # its 307 would build a Location from the client's Host header: 404 instead
     app.state.gateway = gateway
     app.state.discovery = discovery
     app.state.accounting = accounting
-    return GuardMiddleware(CORSMiddleware(FastPath(app, dict(proxied)), gateway), gateway, accounting)
+    return GuardMiddleware(CORSMiddleware(FastPath(app, dict(proxied)), gateway), gateway, accounting, concurrency)
 
 
 def app_from_env() -> ASGIApp:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -17,6 +19,12 @@ from vte_proxy.config import GatewayConfig, LimitSet, ServerConfig
 from vte_proxy.loader import ConfigError, LoadedConfig, load_config
 from vte_proxy.routing import Entry
 from vte_proxy.settings import Settings
+
+log = logging.getLogger("vte_proxy.cli")
+
+# The client key published in gateway.yaml.example and the README: anyone knows it.
+DEMO_KEY_SHA256 = hashlib.sha256(b"sk-demo").hexdigest()
+LOOPBACK = "127.0.0.1"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,13 +147,35 @@ def schema() -> int:
     return 0
 
 
+def has_demo_key(config: GatewayConfig) -> bool:
+    """Whether a client key of ``config`` is the public demo key (given as the key or its hash)."""
+    for k in config.keys:
+        digest = hashlib.sha256(k.key.get_secret_value().encode()).hexdigest() if k.key else k.key_sha256
+        if digest and digest.lower() == DEMO_KEY_SHA256:
+            return True
+    return False
+
+
+def listen_host(settings: Settings, config: GatewayConfig) -> str:
+    """The address to bind. A config that holds the public demo key binds loopback unless a host
+    was asked for (``--host`` or ``VTE_HOST``): the example must not open the gateway to the network."""
+    if not has_demo_key(config):
+        return settings.host
+    if "host" not in settings.model_fields_set:
+        log.warning("the config holds the public demo key sk-demo: listening on %s only "
+                    "(give --host or VTE_HOST to listen elsewhere, after changing the key)", LOOPBACK)
+        return LOOPBACK
+    if settings.host not in (LOOPBACK, "localhost", "::1"):
+        log.warning("the config holds the public demo key sk-demo and listens on %s: "
+                    "anyone who reaches this port can use the gateway and open its status page", settings.host)
+    return settings.host
+
+
 def _warn_memory_store(settings: Settings, config: GatewayConfig) -> None:
     """Each worker has its own memory store: its limits multiply by the number of workers."""
     from vte_proxy.limits.limiter import limits_in_use
 
     if settings.workers > 1 and config.limits.store == "memory" and limits_in_use(config):
-        import logging
-
         logging.getLogger("vte_proxy.limits").warning(
             "limits.store is memory with %d workers: each worker counts on its own, so every limit and budget "
             "is multiplied by %d; use store: redis", settings.workers, settings.workers)
@@ -188,6 +218,7 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     options = _uvicorn_options(settings, loaded.config.server)
+    options["host"] = listen_host(settings, loaded.config)
     if settings.workers == 1:
         from vte_proxy.app import create_app
 

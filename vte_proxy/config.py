@@ -344,12 +344,11 @@ class RouteConfig(_Frozen):
 
 
 class CorsConfig(_Frozen):
-    allow_origins: tuple[str, ...] = ()
-    # anthropic-*: what the anthropic SDK sends from a browser (dangerouslyAllowBrowser).
-    allow_headers: tuple[str, ...] = ("authorization", "content-type", "x-api-key", "x-goog-api-key",
-                                      "anthropic-version", "anthropic-beta",
-                                      "anthropic-dangerous-direct-browser-access")
-    max_age: int = 600
+    allow_origins: tuple[str, ...] = Field((), description="Origins browser pages may call from; \"*\" for any.")
+    allow_headers: tuple[str, ...] | None = Field(
+        None, description="Request headers a preflight allows. Unset: the headers the browser asks for "
+                          "(the SDKs send headers of their own, such as the OpenAI JS SDK's x-stainless-*).")
+    max_age: int = Field(600, ge=0, description="Seconds a browser may cache a preflight answer.")
 
 
 class ServerConfig(_Frozen):

@@ -19,6 +19,10 @@ from vte_proxy.anthropic.errors import to_anthropic
 from vte_proxy.errors import GatewayError, UpstreamError, bad_request
 
 MAX_MODEL_NAME = 256
+# Nesting levels a request may have. orjson parses 1024 but writes only 254, and a provider
+# wraps the body a few levels deeper: what the gateway cannot forward is refused here (400),
+# never found out while forwarding (500). Real requests (JSON Schemas included) stay far below.
+MAX_DEPTH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,22 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise bad_request("the request body is not valid JSON (UTF-8)", "invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", "invalid_json")
+    # Only a body with that many brackets can be that deep: the count is C speed, the walk is rare.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(body):
+        raise bad_request(f"the request body is nested deeper than {MAX_DEPTH} levels", "too_deep")
     return body
+
+
+def too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``obj`` nests lists and objects more than ``limit`` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack += [(c, depth + 1) for c in children if isinstance(c, dict | list)]
+    return False
 
 
 def parse_openai(raw: bytes) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class UpstreamError(GatewayError):
     """A failure talking to ``provider``, before or during its answer.
 
     ``reason`` is a closed vocabulary used as a metric label: ``connect``, ``timeout``,
-    ``idle``, ``status``, ``protocol``, ``truncated``, ``discovery``. ``retryable`` says whether
+    ``idle``, ``status``, ``protocol``, ``truncated``, ``discovery``, ``pool``. ``retryable`` says whether
     another try (same provider or next route target) may help. Every failure is counted in
     ``vte_upstream_errors_total`` here, where it is created, and nowhere else.
     """

@@ -14,6 +14,8 @@ A transport (:mod:`vte_proxy.http`, :mod:`vte_proxy.websocket`) only frames: it 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -41,6 +43,7 @@ class Sink(Protocol):
     """How a transport writes an answer: one JSON message, or a stream of SSE event batches."""
 
     started: bool  # the first byte of an answer has been sent
+    gone: bool     # the client left (its request's task was cancelled for that)
 
     async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None: ...
 
@@ -117,6 +120,9 @@ class Exchange:
             await self._send(sink, reply)
         except GatewayError as err:
             await self._fail(sink, err)
+        except asyncio.CancelledError:
+            await self._cancelled(sink)
+            raise
         finally:
             await self._end(reply)
 
@@ -167,6 +173,19 @@ class Exchange:
             return
         await sink.events([self.dialect.error_event(err)])
         await sink.end_stream()
+
+    async def _cancelled(self, sink: Sink) -> None:
+        """The request's task was cancelled: the client left (499 if it had no answer yet), or
+        the server cut it (``shutdown_grace`` ran out): then the client gets an error, and an
+        SSE error event if its stream had begun, and the request counts as a failure."""
+        if sink.gone:
+            if not sink.started:
+                self.record.failed(499, "client_disconnected")
+            return
+        err = GatewayError(503, "the gateway stopped before the answer was complete", "shutdown")
+        with contextlib.suppress(Exception):  # the connection may be gone too
+            await self._fail(sink, err)
+        self.record.failed(err.status, err.code)
 
     async def _end(self, reply: Reply | None) -> None:
         try:

@@ -112,9 +112,11 @@ def forwarded_headers(scope: Scope) -> dict[str, str]:
 
 
 class HttpSink:
-    """Writes an exchange's answer on an HTTP response. While a stream is open it watches the
-    client: a disconnect cancels the request's task at once, so the upstream is closed too
-    (uvicorn's send() stays silent after a disconnect, so it is receive() that tells)."""
+    """Writes an exchange's answer on an HTTP response. From the moment the request body has
+    been read (:meth:`watch`) until the answer is complete it watches the client: a disconnect
+    cancels the request's task at once, so the upstream call is cancelled too, whether its
+    headers have arrived or not (uvicorn's send() stays silent after a disconnect, so it is
+    receive() that tells)."""
 
     __slots__ = ("_receive", "_send", "_watcher", "gone", "started")
 
@@ -125,14 +127,20 @@ class HttpSink:
         self.started = False
         self.gone = False
 
+    def watch(self) -> None:
+        """Start watching for the client leaving (once its body is read: receive() is free)."""
+        if self._watcher is None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(task))
+
     async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        self.close()  # uvicorn reports a disconnect once the response is complete: not a client leaving
         self.started = True
         await send_json(self._send, status, body, headers)
 
     async def open_stream(self, headers: Mapping[str, str]) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(task))
+        self.watch()
         self.started = True
         raw = SSE_HEADERS + [(k.encode(), v.encode()) for k, v in headers.items()] if headers else SSE_HEADERS
         await self._send({"type": "http.response.start", "status": 200, "headers": raw})
@@ -174,7 +182,9 @@ class ProxyEndpoint:
         sink = HttpSink(receive, send)
 
         async def read() -> bytes:
-            return await read_body(receive, scope, server.max_body_bytes, server.body_timeout)
+            body = await read_body(receive, scope, server.max_body_bytes, server.body_timeout)
+            sink.watch()
+            return body
 
         try:
             await exchange.run(sink, key_from_headers(scope["headers"]), read, forwarded_headers(scope))

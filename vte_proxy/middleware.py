@@ -1,5 +1,6 @@
 """Plain ASGI middleware (never Starlette's base HTTP middleware class: it costs a task and a memory stream per
-request and per SSE chunk): a last-resort error guard, the concurrency cap and CORS.
+request and per SSE chunk): a last-resort error guard and the concurrency cap
+(CORS is :mod:`vte_proxy.cors`).
 
 Each reads the config of the state pinned for the request (:func:`~vte_proxy.state.pinned_state`,
 the same state the exchange below uses), so a reload changes them for the next request.
@@ -22,34 +23,68 @@ from vte_proxy.state import Gateway, pinned_state
 
 log = logging.getLogger("vte_proxy.app")
 
+# Answers after which the connection is closed (uvicorn honours the header): the client's body
+# was too slow or too large, so what is left of it must not be read as a next request.
+CLOSE_AFTER = (408, 413)
+
+
+class Concurrency:
+    """The answers one worker is giving: ``/v1`` HTTP requests and WebSocket answers alike
+    (``server.max_concurrency`` caps them together)."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = 0
+
+    def enter(self, limit: int) -> bool:
+        """Take a place if one of ``limit`` is free."""
+        if self.active >= limit:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
+
+
+def overloaded() -> GatewayError:
+    return GatewayError(503, "the gateway is at its concurrency limit, retry later", "overloaded",
+                        headers={"retry-after": "1"})
+
 
 class GuardMiddleware:
     """Turns anything unexpected into an OpenAI-shaped 500 (never a traceback to the client)
     and caps concurrent ``/v1`` requests per worker (``server.max_concurrency``, 503 beyond)."""
 
-    def __init__(self, app: ASGIApp, gateway: Gateway, accounting: Accounting) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway, accounting: Accounting,
+                 concurrency: Concurrency | None = None) -> None:
         self.app = app
         self.gateway = gateway
         self.accounting = accounting
-        self.active = 0
+        self.concurrency = concurrency or Concurrency()
+
+    @property
+    def active(self) -> int:
+        """The answers in progress in this worker (HTTP and WebSocket)."""
+        return self.concurrency.active
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limited = scope["path"].startswith("/v1/")
-        if limited:
-            limit = pinned_state(scope, self.gateway).config.server.max_concurrency
-            if self.active >= limit:
-                await self._overloaded(scope, send)
-                return
-            self.active += 1
+        if limited and not self.concurrency.enter(pinned_state(scope, self.gateway).config.server.max_concurrency):
+            await self._overloaded(scope, send)
+            return
         started = False
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if message["status"] in CLOSE_AFTER:
+                    message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
             await send(message)
 
         try:
@@ -61,7 +96,7 @@ class GuardMiddleware:
                                    dialect_for_path(scope["path"]), self._replies(scope))
         finally:
             if limited:
-                self.active -= 1
+                self.concurrency.leave()
 
     def _replies(self, scope: Scope) -> tuple[ErrorReply, ...]:
         """The config's error_replies (none before a config is loaded)."""
@@ -74,50 +109,5 @@ class GuardMiddleware:
         endpoint = scope["path"][4:]
         rec = RequestRecord.start(endpoint if endpoint in ENDPOINTS or endpoint in MESSAGES_ENDPOINTS else "other")
         rec.failed(503, "overloaded")
-        await render_error(send, GatewayError(503, "the gateway is at its concurrency limit, retry later",
-                                              "overloaded", headers={"retry-after": "1"}),
-                           dialect_for_path(scope["path"]), self._replies(scope))
+        await render_error(send, overloaded(), dialect_for_path(scope["path"]), self._replies(scope))
         self.accounting.finish(rec)  # counted, so alerts on 5xx see the refusals
-
-
-class CORSMiddleware:
-    """CORS from ``cors.allow_origins`` (``*`` allowed); preflights are answered here."""
-
-    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
-        self.app = app
-        self.gateway = gateway
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        origin = None
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin = value
-                break
-        cors = self.gateway.state.config.cors
-        if origin is None or not cors.allow_origins:
-            await self.app(scope, receive, send)
-            return
-        allowed = b"*" if "*" in cors.allow_origins else (origin if origin.decode("latin-1") in cors.allow_origins
-                                                          else None)
-        if allowed is None:
-            await self.app(scope, receive, send)
-            return
-        headers = [(b"access-control-allow-origin", allowed), (b"vary", b"Origin")]
-        if scope["method"] == "OPTIONS" and any(n == b"access-control-request-method" for n, _ in scope["headers"]):
-            headers += [(b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                        (b"access-control-allow-headers", ", ".join(cors.allow_headers).encode()),
-                        (b"access-control-max-age", str(cors.max_age).encode()),
-                        (b"content-length", b"0")]
-            await send({"type": "http.response.start", "status": 204, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-
-        async def cors_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *headers]
-            await send(message)
-
-        await self.app(scope, receive, cors_send)

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from vte_proxy import system_prompt
@@ -92,7 +92,9 @@ async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> R
         reply = await shape(answer, plan)
     else:
         reply = await ingress.shape(answer, plan, state.providers.providers[target.provider].config.type)
-    reply.headers.update(ticket.headers())
+    own = ticket.headers()
+    if own:  # the gateway's own limits apply: its x-ratelimit-* replace the upstream's, never mix with them
+        reply.headers = {k: v for k, v in reply.headers.items() if not k.startswith("x-ratelimit-")} | own
     return reply
 
 
@@ -115,9 +117,22 @@ def resolve(state: GatewayState, request: Request, rec: RequestRecord) -> Entry:
     rec.model = model
     if not request.key.allows(model):
         raise GatewayError(403, f"this key may not use model {model!r}", "model_not_allowed")
+    if entry.route:
+        entry = allowed_targets(entry, request.key)
     if not entry.targets:
         raise GatewayError(503, f"route {model!r} has no available target", "no_target")
     return entry
+
+
+def allowed_targets(route: Entry, key: ClientKey) -> Entry:
+    """``route`` with only the targets ``key`` may use itself: a route's name never lets a key
+    reach a model outside its allow-list (403 when none is left)."""
+    targets = tuple(t for t in route.targets if key.allows(t.exposed))
+    if len(targets) == len(route.targets):
+        return route
+    if not targets:
+        raise GatewayError(403, f"this key may not use any target of route {route.name!r}", "model_not_allowed")
+    return replace(route, targets=targets)
 
 
 def wants_usage(body: dict[str, Any]) -> bool:

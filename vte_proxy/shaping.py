@@ -83,7 +83,10 @@ def _json_as_stream(answer: JsonAnswer, plan: Plan) -> StreamReply:
 
 def _stream_as_stream(answer: StreamAnswer, plan: Plan) -> StreamReply:
     watcher = StreamWatcher(plan.exposed, plan.upstream_model, plan.keep_usage)
-    return StreamReply(_watched(answer.events, watcher, plan.provider), answer.close, watcher.get_usage,
+    # OpenAI ends a Responses stream with its terminal event, never with [DONE]: raw SSE
+    # consumers of /v1/responses must not see one.
+    done = plan.endpoint != "responses"
+    return StreamReply(_watched(answer.events, watcher, plan.provider, done), answer.close, watcher.get_usage,
                        answer.headers)
 
 
@@ -109,9 +112,10 @@ def truncated(provider: str) -> UpstreamError:
                          "truncated")
 
 
-async def _watched(events: EventBatches, watcher: StreamWatcher, provider: str) -> EventBatches:
+async def _watched(events: EventBatches, watcher: StreamWatcher, provider: str, done: bool = True) -> EventBatches:
     """Forward events as they arrive, a read's worth at a time, until ``[DONE]``; raise
-    ``truncated`` when the upstream ends before the answer was complete."""
+    ``truncated`` when the upstream ends before the answer was complete; ``done``: end a
+    complete stream that lacked it with ``[DONE]``."""
     process = watcher.process
     try:
         async for batch in events:
@@ -126,7 +130,8 @@ async def _watched(events: EventBatches, watcher: StreamWatcher, provider: str) 
         await events.aclose()
     if not watcher.finished:
         raise truncated(provider)
-    yield [DONE]
+    if done:
+        yield [DONE]
 
 
 async def _assemble(events: EventBatches, plan: Plan) -> dict[str, Any]:
@@ -199,9 +204,10 @@ class StreamWatcher:
         if ev == DONE:
             self.done = True
             return ev
-        # Plain `in` tests, not any(<generator>): this runs for every event of every stream.
+        # Plain `in` tests, not any(<generator>): this runs for every event of every stream. A
+        # finish_reason key cannot occur inside a JSON string (its quotes would be escaped).
         if not self.finished and (b'"finish_reason":"' in ev or b'"finish_reason": "' in ev
-                                  or b"response.completed" in ev or b"response.incomplete" in ev):
+                                  or (b"response." in ev and _is_terminal(ev))):
             self.finished = True
         decode = b'"usage":{' in ev or b'"usage": {' in ev
         if self._rewrite:
@@ -235,6 +241,20 @@ class StreamWatcher:
             self._learn(upstream)  # the upstream names the model its own way: match it cheaply next time
         set_model(obj, self._exposed)
         return with_data(ev, orjson.dumps(obj))
+
+
+# The events that end a Responses stream (the answer complete, cut by a limit, or failed).
+TERMINAL_EVENTS = frozenset((b"response.completed", b"response.incomplete", b"response.failed"))
+
+
+def _is_terminal(ev: bytes) -> bool:
+    """Whether ``ev`` is a Responses stream's last event, by its ``event:`` line or, without
+    one, its ``type``: never by words that a text delta may contain."""
+    if ev.startswith(b"event:"):
+        return ev[6:ev.find(b"\n")].strip() in TERMINAL_EVENTS if b"\n" in ev else False
+    obj = _json_object(ev)
+    kind = obj.get("type") if obj is not None else None
+    return isinstance(kind, str) and kind.encode() in TERMINAL_EVENTS
 
 
 def _json_object(ev: bytes) -> dict[str, Any] | None:
@@ -289,15 +309,19 @@ class ChatAssembler:
 
     def _add_choice(self, c: dict[str, Any]) -> None:
         choice = self.choices.setdefault(c.get("index", 0), {"content": [], "reasoning": [], "tools": {},
-                                                             "finish": None, "role": "assistant", "refusal": []})
+                                                             "finish": None, "role": "assistant", "refusal": [],
+                                                             "annotations": [], "logprobs": None})
         delta = c.get("delta") or {}
         if delta.get("role"):
             choice["role"] = delta["role"]
-        for name, key in (("content", "content"), ("reasoning_content", "reasoning"), ("refusal", "refusal")):
+        for name, key in (("content", "content"), ("reasoning_content", "reasoning"), ("refusal", "refusal"),
+                          ("annotations", "annotations")):
             if delta.get(name):
-                choice[key].append(delta[name])
+                choice[key] += delta[name] if name == "annotations" else [delta[name]]
         for tc in delta.get("tool_calls") or ():
             _add_tool_call(choice["tools"], tc)
+        if isinstance(c.get("logprobs"), dict):
+            choice["logprobs"] = _merge_logprobs(choice["logprobs"], c["logprobs"])
         if c.get("finish_reason"):
             choice["finish"] = c["finish_reason"]
 
@@ -326,8 +350,18 @@ def _add_tool_call(tools: dict[int, dict[str, Any]], tc: dict[str, Any]) -> None
         slot["arguments"].append(fn["arguments"])
 
 
+def _merge_logprobs(into: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
+    """A choice's logprobs so far with one more chunk's (``content`` and ``refusal`` token lists)."""
+    out = dict(into or {})
+    for k, v in more.items():
+        out[k] = [*(out.get(k) or []), *v] if isinstance(v, list) else out.get(k, v)
+    return out
+
+
 def _assembled_choice(i: int, c: dict[str, Any]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": c["role"], "content": "".join(c["content"]) or None}
+    if c["annotations"]:
+        message["annotations"] = c["annotations"]
     if c["reasoning"]:
         message["reasoning_content"] = "".join(c["reasoning"])
     if c["refusal"]:
@@ -338,15 +372,16 @@ def _assembled_choice(i: int, c: dict[str, Any]) -> dict[str, Any]:
              "function": {"name": "".join(t["name"]), "arguments": "".join(t["arguments"])}}
             for _, t in sorted(c["tools"].items())
         ]
-    return {"index": i, "message": message, "finish_reason": c["finish"], "logprobs": None}
+    return {"index": i, "message": message, "finish_reason": c["finish"], "logprobs": c["logprobs"]}
 
 
 def synthesize(completion: dict[str, Any], exposed: str, include_usage: bool) -> list[bytes]:
     """A valid chat stream (ending in ``[DONE]``) that rebuilds ``completion`` (force_non_stream)."""
     head = {"id": completion.get("id", "chatcmpl-vte"), "object": "chat.completion.chunk",
             "created": completion.get("created", 0), "model": exposed}
-    if completion.get("system_fingerprint"):
-        head["system_fingerprint"] = completion["system_fingerprint"]
+    for k in ("system_fingerprint", "service_tier"):
+        if completion.get(k):
+            head[k] = completion[k]
     out = [event({**head, "choices": [c]}) for choice in completion.get("choices") or ()
            for c in _choice_deltas(choice)]
     if include_usage and isinstance(completion.get("usage"), dict):
@@ -356,12 +391,16 @@ def synthesize(completion: dict[str, Any], exposed: str, include_usage: bool) ->
 
 
 def _choice_deltas(choice: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stream choices that rebuild one completion choice: role, reasoning, content,
-    refusal, each tool call (name first, then its arguments), the finish."""
+    """The stream choices that rebuild one completion choice: role, reasoning, content (with
+    the choice's logprobs), refusal, annotations, each tool call (name first, then its
+    arguments), the finish. The role chunk's content is null for a tool-call-only message, as
+    OpenAI streams it."""
     i = choice.get("index", 0)
     msg = choice.get("message") or {}
-    deltas: list[dict[str, Any]] = [{"role": msg.get("role", "assistant"), "content": ""}]
-    deltas += [{name: msg[name]} for name in ("reasoning_content", "content", "refusal") if msg.get(name)]
+    tool_only = bool(msg.get("tool_calls")) and not msg.get("content")
+    deltas: list[dict[str, Any]] = [{"role": msg.get("role", "assistant"), "content": None if tool_only else ""}]
+    deltas += [{name: msg[name]} for name in ("reasoning_content", "content", "refusal", "annotations")
+               if msg.get(name)]
     for j, tc in enumerate(msg.get("tool_calls") or ()):
         fn = tc.get("function") or {}
         deltas.append({"tool_calls": [{"index": j, "id": tc.get("id"), "type": tc.get("type", "function"),
@@ -369,5 +408,8 @@ def _choice_deltas(choice: dict[str, Any]) -> list[dict[str, Any]]:
         if fn.get("arguments"):
             deltas.append({"tool_calls": [{"index": j, "function": {"arguments": fn["arguments"]}}]})
     out = [{"index": i, "delta": d, "finish_reason": None} for d in deltas]
+    if choice.get("logprobs"):  # all of them on the content chunk (or the role chunk): the SDKs concatenate
+        at = next((n for n, d in enumerate(deltas) if n and "content" in d), 0)
+        out[at]["logprobs"] = choice["logprobs"]
     out.append({"index": i, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"})
     return out

@@ -15,11 +15,15 @@ patching anything.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
@@ -48,8 +52,12 @@ def default_connector(provider: ProviderConfig) -> aiohttp.BaseConnector:
 
 def provider_secrets(provider: ProviderConfig) -> list[str]:
     """Everything in a provider's config that may be a credential: its keys (one or a pool),
-    header values and the outbound proxy's URL and password."""
-    secrets = [v for v in provider.headers.values() if len(v) >= 8]
+    header values, the outbound proxy's URL and password, and the userinfo of its base_url and
+    proxy (``user:password@``, also as the Basic-auth base64 sent upstream)."""
+    secrets = _userinfo_secrets(provider.base_url or "")
+    if provider.proxy is not None:
+        secrets += _userinfo_secrets(provider.proxy.get_secret_value())
+    secrets += [v for v in provider.headers.values() if len(v) >= 8]
     if provider.api_key:
         secrets.append(provider.api_key.get_secret_value())
     secrets.extend(k.key.get_secret_value() for k in provider.api_keys or ())
@@ -59,6 +67,22 @@ def provider_secrets(provider: ProviderConfig) -> list[str]:
         if url.password:
             secrets.append(url.password)
     return secrets
+
+
+def _userinfo_secrets(url: str) -> list[str]:
+    """A URL's credentials in every form they may show up in, longest first (so a whole
+    ``user:password`` is redacted before its password alone)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return []
+    raw_user, _, raw_password = parts.netloc.rpartition("@")[0].partition(":")
+    user, password = unquote(raw_user), unquote(raw_password)
+    forms = {f"{raw_user}:{raw_password}", f"{user}:{password}",
+             base64.b64encode(f"{user}:{password}".encode("latin-1", "replace")).decode(),
+             base64.b64encode(f"{user}:{password}".encode()).decode()}
+    # With a password the user name is an account name; without one it is the credential.
+    forms |= {raw_password, password} if password else {raw_user, user}
+    return sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
 
 
 def outbound_proxy(provider: ProviderConfig) -> URL | None:
@@ -79,6 +103,48 @@ class Redactor:
             if s in data:
                 data = data.replace(s, b"[redacted]")
         return data
+
+
+# Upstream answer headers a client gets back: the request id the SDKs report (``_request_id``)
+# and the upstream's rate-limit state. Nothing else: never hop-by-hop or credential headers.
+PASSED_HEADERS = ("x-request-id",)
+PASSED_PREFIX = "x-ratelimit-"
+_MAX_HEADER_VALUE = 256
+_DIGITS = re.compile(r"^[0-9]{1,9}$")
+
+
+def _printable(value: str) -> bool:
+    return len(value) <= _MAX_HEADER_VALUE and value.isascii() and value.isprintable()
+
+
+def valid_retry_after(value: str) -> bool:
+    """A Retry-After a client may be given: delay-seconds or an HTTP-date (RFC 9110); anything
+    else (a non-ASCII or control byte, a word) is dropped rather than passed on."""
+    if _DIGITS.match(value):
+        return True
+    if not _printable(value):
+        return False
+    try:
+        return parsedate_to_datetime(value) is not None
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def passed_headers(headers: Mapping[str, str], redactor: Redactor, retry_after: bool = False) -> dict[str, str]:
+    """The upstream answer headers passed back to the client (``retry-after`` too for errors),
+    each a short printable value without a secret of the provider in it."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in PASSED_HEADERS or lower.startswith(PASSED_PREFIX):
+            ok = _printable(value)
+        elif lower == "retry-after" and retry_after:
+            ok = valid_retry_after(value)
+        else:
+            continue
+        if ok and redactor.bytes(value.encode()) == value.encode():
+            out[lower] = value
+    return out
 
 
 # Shapes an upstream's (non-2xx, redacted) error body: (status, OpenAI-shaped error object).
@@ -120,8 +186,7 @@ async def error_from_response(response: UpstreamResponse, shaper: ErrorShaper | 
     """
     provider, status = response.provider, response.status
     body = await response.error_body()
-    retry_after = response.headers.get("retry-after")
-    headers = {"retry-after": retry_after} if retry_after else None
+    headers = response.passed_headers(retry_after=True) or None
     retryable = status == 429 or status >= 500
     if shaper is not None:
         shown, obj = shaper(status, body)
@@ -147,15 +212,24 @@ class UpstreamResponse:
         self.headers: Mapping[str, str] = response.headers
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
-        """Body chunks as they arrive; silence beyond ``idle`` or a cut raise UpstreamError."""
+        """Body chunks as they arrive; silence beyond ``idle``, the ``total`` deadline passing
+        (also while nothing arrives) or a cut raise UpstreamError."""
+        content = self._response.content
         try:
-            async for chunk in self._response.content.iter_any():
-                if self._deadline is not None and time.monotonic() > self._deadline:
-                    raise UpstreamError(self.provider, 504, f"provider {self.provider!r} exceeded its total "
-                                        "time limit", "timeout")
+            while chunk := await (content.readany() if self._deadline is None else self._before_deadline()):
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise self._too_long() from None
             raise transport_error(self.provider, exc, started=True) from None
+
+    async def _before_deadline(self) -> bytes:
+        async with asyncio.timeout(max(self._deadline - time.monotonic(), 0) if self._deadline else None):
+            return await self._response.content.readany()
+
+    def _too_long(self) -> UpstreamError:
+        return UpstreamError(self.provider, 504, f"provider {self.provider!r} exceeded its total time limit",
+                             "timeout")
 
     async def read(self, limit: int = MAX_JSON_BODY) -> bytes:
         parts: list[bytes] = []
@@ -177,6 +251,10 @@ class UpstreamResponse:
         finally:
             await self.aclose()
         return parse_json_object(self.provider, raw, reason)
+
+    def passed_headers(self, retry_after: bool = False) -> dict[str, str]:
+        """The headers of this answer the client gets back (:func:`passed_headers`)."""
+        return passed_headers(self.headers, self._upstream.redactor, retry_after)
 
     async def aclose(self) -> None:
         # Back to the pool when fully read; closed (never reused) when abandoned mid-body.
@@ -204,6 +282,30 @@ def parse_json_object(provider: str, raw: bytes, reason: str = "protocol") -> di
     return body
 
 
+async def _queued(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+    ctx.trace_request_ctx["queued"] = True
+
+
+async def _dequeued(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+    ctx.trace_request_ctx["queued"] = False
+
+
+def _pool_trace() -> aiohttp.TraceConfig:
+    """Tells a request that waits for a free pooled connection (all ``max_connections`` busy)."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(_queued)
+    trace.on_connection_queued_end.append(_dequeued)
+    return trace
+
+
+def pool_exhausted(provider: str, size: int) -> UpstreamError:
+    """All of a provider's pooled connections stayed busy for longer than its connect timeout:
+    the gateway is overloaded towards it (503, never a fall-over: another target would not be
+    less busy because of this provider's pool)."""
+    return UpstreamError(provider, 503, f"all {size} connections to provider {provider!r} are busy, retry later",
+                         "pool", code="overloaded", headers={"retry-after": "1"})
+
+
 # How a provider type sends its key: the headers for one key value.
 AuthHeaders = Callable[[str], dict[str, str]]
 # Statuses that say something about the key rather than the request.
@@ -226,8 +328,10 @@ class Upstream:
         t = provider.timeouts
         self._first_byte = t.first_byte or None
         self._total = t.total
-        # sock_read bounds every read: the wait for headers and each silence inside a body.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect or None, sock_read=t.idle or None)
+        # sock_read bounds every read: the wait for headers and each silence inside a body;
+        # connect bounds the wait for a pooled connection plus the TCP/TLS connect.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=t.connect or None, sock_connect=t.connect or None,
+                                              sock_read=t.idle or None)
         self.redactor = Redactor(provider_secrets(provider))
         self._provider = provider
         self._connector = connector or default_connector
@@ -247,7 +351,8 @@ class Upstream:
         # Created on first use, inside the running loop (aiohttp binds sessions to a loop).
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=self._connector(self._provider), timeout=self._timeout,
-                                                  trust_env=False, auto_decompress=True)
+                                                  trust_env=False, auto_decompress=True,
+                                                  trace_configs=[_pool_trace()])
         return self._session
 
     def _url(self, url: str) -> URL:
@@ -321,13 +426,17 @@ class Upstream:
                     shaper: ErrorShaper | None, reason: str | None, key_status: bool = False) -> UpstreamResponse:
         """One request; ``key_status``: a 401/403/429 is returned, not raised (the pool decides)."""
         deadline = time.monotonic() + self._total if self._total else None
+        wait = min(self._first_byte or self._total or 0, self._total or self._first_byte or 0) or None
+        pool = {"queued": False}
         try:
-            async with asyncio.timeout(self._first_byte):
+            async with asyncio.timeout(wait):  # timeouts.total bounds the whole call, headers included
                 response = await self._client().request(method, self._url(url), headers=headers, data=content,
-                                                        allow_redirects=False, proxy=self._proxy)
+                                                        allow_redirects=False, proxy=self._proxy,
+                                                        trace_request_ctx=pool)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise transport_error(self.name, exc, started=False, first_byte=self._first_byte,
-                                  reason=reason) from None
+            if pool["queued"]:
+                raise pool_exhausted(self.name, self._provider.max_connections) from None
+            raise transport_error(self.name, exc, started=False, first_byte=wait, reason=reason) from None
         result = UpstreamResponse(self, response, deadline)
         if response.status >= 400 and not (key_status and response.status in KEY_COOLS + KEY_REJECTED):
             raise await error_from_response(result, shaper, reason)

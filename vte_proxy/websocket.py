@@ -21,6 +21,7 @@ from vte_proxy.auth import key_from_headers
 from vte_proxy.dialect import OPENAI
 from vte_proxy.errors import GatewayError
 from vte_proxy.exchange import Exchange
+from vte_proxy.middleware import Concurrency, overloaded
 from vte_proxy.state import Gateway
 
 POLICY_VIOLATION = 1008
@@ -29,11 +30,12 @@ POLICY_VIOLATION = 1008
 class WebSocketSink:
     """Writes an exchange's answer as text frames: one per JSON answer or SSE event."""
 
-    __slots__ = ("started", "ws")
+    __slots__ = ("gone", "started", "ws")
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         self.started = False
+        self.gone = False
 
     async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         self.started = True
@@ -50,10 +52,20 @@ class WebSocketSink:
         return None
 
 
+async def _next_text(ws: WebSocket) -> str | None:
+    """The next text frame; None for a binary one (the protocol is text only)."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    text = message.get("text")
+    return text if isinstance(text, str) else None
+
+
 class ChatWebSocket:
-    def __init__(self, gateway: Gateway, accounting: Accounting) -> None:
+    def __init__(self, gateway: Gateway, accounting: Accounting, concurrency: Concurrency | None = None) -> None:
         self.gateway = gateway
         self.accounting = accounting
+        self.concurrency = concurrency or Concurrency()  # shared with the HTTP requests' cap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
@@ -63,25 +75,32 @@ class ChatWebSocket:
             return
         await ws.accept()
         try:
-            while True:
-                text = await ws.receive_text()
+            while (text := await _next_text(ws)) is not None:
                 await self._answer(ws, presented, text)
         except WebSocketDisconnect:
             return
-        except RuntimeError:  # a binary frame or a closed socket: nothing more to do
-            if ws.client_state != WebSocketState.DISCONNECTED:
-                with contextlib.suppress(Exception):
-                    await ws.close(POLICY_VIOLATION, "text frames only")
+        except RuntimeError:  # a closed socket: nothing more to do
+            pass
+        if ws.client_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(POLICY_VIOLATION, "text frames only")
 
     async def _answer(self, ws: WebSocket, presented: bytes | None, text: str) -> None:
         state = self.gateway.state  # each request on the connection takes the current state
         exchange = Exchange(state, self.accounting, "chat/completions", OPENAI)
         limit = state.config.server.max_body_bytes
+        admitted = self.concurrency.enter(state.config.server.max_concurrency)
 
         async def read() -> bytes:
+            if not admitted:
+                raise overloaded()  # an error frame, counted like the HTTP refusals
             raw = text.encode()
             if len(raw) > limit:
                 raise GatewayError(413, f"request is larger than {limit} bytes", "body_too_large")
             return raw
 
-        await exchange.run(WebSocketSink(ws), presented, read, {}, stream_reply=True)
+        try:
+            await exchange.run(WebSocketSink(ws), presented, read, {}, stream_reply=True)
+        finally:
+            if admitted:
+                self.concurrency.leave()

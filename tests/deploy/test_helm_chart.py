@@ -651,6 +651,9 @@ def test_service_monitor(chart: helm_python.Chart) -> None:
     assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
     assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("15s", "5s")
     assert "authorization" not in endpoint
+    # The gateway's own `endpoint` label (chat/completions, ...) must survive the scrape: with
+    # honorLabels false the operator renames it exported_endpoint and sets endpoint="http".
+    assert endpoint["honorLabels"] is True
 
     monitor = only(render(chart, SCENARIOS["serviceMonitorAuth"]), "ServiceMonitor")
     assert monitor["metadata"]["namespace"] == "monitoring"

@@ -1,4 +1,5 @@
-"""`vte-proxy check` (offline validation for CI) and `vte-proxy schema` (for editors)."""
+"""`vte-proxy check` (offline validation for CI), `vte-proxy schema` (for editors), and where
+`vte-proxy serve` listens with the example config."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.support import ROOT, gateway_yaml
+from tests.support import ROOT, free_port, gateway_yaml
 from vte_proxy import __version__
 from vte_proxy.cli import main
 
@@ -211,3 +213,33 @@ def test_committed_gateway_schema_json_is_the_output_of_vte_proxy_schema(schema:
 def test_the_example_points_editors_at_the_schema() -> None:
     first = (ROOT / "gateway.yaml.example").read_text().splitlines()[0]
     assert first == "# yaml-language-server: $schema=./gateway.schema.json"
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+    return found
+
+
+def test_serve_of_the_example_listens_on_loopback_only(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {"PATH": "/usr/bin:/bin", "VTE_PORT": str(port)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vte_proxy", "serve", "--config", "gateway.yaml.example"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not listening_addresses(port):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert listening_addresses(port) == {"127.0.0.1"}
+        assert "public demo key sk-demo: listening on 127.0.0.1 only" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(15)

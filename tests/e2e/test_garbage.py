@@ -98,3 +98,17 @@ def test_random_json_objects_for_a_real_model_never_cause_a_5xx(s: Stack) -> Non
                        json=body)
             assert r.status_code < 500, (i, body, r.text)
     assert httpx.get(s.gateway.url + "/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("depth", [200, 255, 600, 1020])
+def test_json_nested_deeper_than_the_gateway_can_reencode_is_a_400(s: Stack, depth: int) -> None:
+    # orjson parses up to 1024 levels but writes only ~254: such a body once became a 500 when
+    # the gateway re-serialized it for the upstream.
+    nested = "[" * depth + "]" * depth
+    for model in ("up/gpt-4o", "demo/echo"):
+        body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}], "x": {nested}}}'
+        r = httpx.post(s.gateway.url + "/v1/chat/completions", content=body,
+                       headers={"Authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"})
+        assert r.status_code == 400, (model, depth, r.text[:200])
+        assert r.json()["error"]["code"] == "too_deep"
+    assert not s.upstream.requests

@@ -7,7 +7,20 @@ import openai
 import pytest
 
 from tests.conftest import Stack
-from tests.support import CLIENT_KEY, HELLO, LIMITED_KEY, UPSTREAM_KEY, Reply, completion, gateway_yaml, running_gateway
+from tests.support import (
+    CLIENT_KEY,
+    HELLO,
+    LIMITED_KEY,
+    UPSTREAM_KEY,
+    Reply,
+    Stream,
+    chunk,
+    completion,
+    gateway_yaml,
+    running_gateway,
+)
+
+MESSAGES = HELLO
 
 
 def test_models_lists_exposed_names_this_key_may_use(s: Stack) -> None:
@@ -191,11 +204,12 @@ def test_cors_preflight_and_simple_requests(tmp_path, upstream) -> None:  # type
     cfg = gateway_yaml(upstream.url, cors='allow_origins: ["https://chat.example.com"]\n')
     with running_gateway(tmp_path, cfg) as gw:
         pre = httpx.options(gw.url + "/v1/chat/completions", headers={
-            "Origin": "https://chat.example.com", "Access-Control-Request-Method": "POST"})
+            "Origin": "https://chat.example.com", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, anthropic-version"})
         assert pre.status_code == 204
         assert pre.headers["access-control-allow-origin"] == "https://chat.example.com"
-        assert "authorization" in pre.headers["access-control-allow-headers"]
-        assert "anthropic-version" in pre.headers["access-control-allow-headers"]  # the anthropic SDK in a browser
+        # reflected: the anthropic SDK's headers in a browser too
+        assert pre.headers["access-control-allow-headers"] == "authorization, content-type, anthropic-version"
         r = httpx.get(gw.url + "/v1/models", headers={"Origin": "https://chat.example.com",
                                                        "Authorization": f"Bearer {CLIENT_KEY}"})
         assert r.headers["access-control-allow-origin"] == "https://chat.example.com"
@@ -219,3 +233,67 @@ def test_body_over_max_body_bytes_is_413(tmp_path, upstream) -> None:  # type: i
                        headers={"Authorization": f"Bearer {CLIENT_KEY}"})
         assert r.status_code == 413
         assert not upstream.requests
+
+
+UPSTREAM_HEADERS = {"x-request-id": "req_up_123", "x-ratelimit-remaining-requests": "99",
+                    "x-ratelimit-reset-tokens": "6m0s", "set-cookie": "session=abc", "x-upstream-internal": "1",
+                    "openai-organization": "org-secret"}
+
+
+def test_upstream_request_id_and_rate_limit_headers_come_back(s: Stack) -> None:
+    s.upstream.push(Reply(completion("gpt-4o"), headers=UPSTREAM_HEADERS))
+    raw = s.client().chat.completions.with_raw_response.create(model="up/gpt-4o", messages=MESSAGES)
+    assert raw.request_id == "req_up_123" and raw.parse()._request_id == "req_up_123"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "99" and raw.headers["x-ratelimit-reset-tokens"] == "6m0s"
+    for name in ("set-cookie", "x-upstream-internal", "openai-organization"):
+        assert name not in raw.headers
+    s.upstream.push(Stream([chunk("gpt-4o", {"content": "hi"}, "stop")], headers=UPSTREAM_HEADERS))
+    with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                      json={"model": "up/gpt-4o", "messages": MESSAGES, "stream": True}) as r:
+        assert r.headers["x-request-id"] == "req_up_123" and r.headers["x-ratelimit-remaining-requests"] == "99"
+        assert "set-cookie" not in r.headers
+
+
+@pytest.mark.parametrize(("retry_after", "passed"), [
+    ("120", "120"), ("Wed, 21 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ("soon", None), ("1\xff", None), ("-5", None)])
+def test_upstream_retry_after_is_validated(s: Stack, retry_after: str, passed: str | None) -> None:
+    s.upstream.push(Reply({"error": {"message": "slow down", "type": "rate_limit_error", "code": None}}, 429,
+                          {"retry-after": retry_after, "x-ratelimit-remaining-requests": "0"}))
+    r = httpx.post(s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                   json={"model": "up/gpt-4o", "messages": MESSAGES})
+    assert r.status_code == 429 and r.json()["error"]["message"] == "slow down"
+    assert r.headers.get("retry-after") == passed
+    assert r.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_a_route_name_never_reaches_targets_outside_the_keys_allow_list(tmp_path, upstream) -> None:  # type: ignore[no-untyped-def]
+    routes = "- name: smart\n  targets: [up/gpt-4o, demo/echo]\n- name: uponly\n  targets: [up/gpt-4o-mini]\n"
+    routed = '  - name: routed\n    key: sk-routed-key-000\n    models: ["demo/*", "smart", "uponly"]\n'
+    cfg = gateway_yaml(upstream.url, routes=routes).replace("keys:\n", "keys:\n" + routed, 1)
+    with running_gateway(tmp_path, cfg) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-routed-key-000", max_retries=0)
+        reply = client.chat.completions.create(model="smart", messages=MESSAGES)
+        assert reply.choices[0].message.content == "Say hello"  # echo: up/gpt-4o was skipped
+        with pytest.raises(openai.PermissionDeniedError):
+            client.chat.completions.create(model="uponly", messages=MESSAGES)
+        assert not upstream.requests
+        full = openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+        assert full.chat.completions.create(model="smart", messages=MESSAGES).choices[0].message.content == (
+            "Hello world")  # a key allowed everything still gets the first target
+
+
+def test_the_gateways_own_limits_replace_the_upstreams_rate_limit_headers(tmp_path, upstream) -> None:  # type: ignore[no-untyped-def]
+    limited = "  - name: metered\n    key: sk-metered-key-000\n    limits: {rpm: 50}\n"
+    cfg = gateway_yaml(upstream.url).replace("keys:\n", "keys:\n" + limited, 1)
+    with running_gateway(tmp_path, cfg) as gw:
+        for key, expect_own in (("sk-metered-key-000", True), (CLIENT_KEY, False)):
+            upstream.push(Reply(completion("gpt-4o"), headers=UPSTREAM_HEADERS))
+            r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "up/gpt-4o", "messages": MESSAGES})
+            assert r.status_code == 200 and r.headers["x-request-id"] == "req_up_123"
+            if expect_own:
+                assert r.headers["x-ratelimit-limit-requests"] == "50"
+                assert "x-ratelimit-reset-tokens" not in r.headers  # the upstream's, not mixed in
+            else:
+                assert r.headers["x-ratelimit-remaining-requests"] == "99"

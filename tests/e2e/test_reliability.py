@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -22,6 +23,7 @@ from tests.support import (
     ScriptedUpstream,
     Stream,
     chunk,
+    completion,
     free_port,
     gateway_yaml,
     running_gateway,
@@ -215,6 +217,58 @@ def test_oversized_headers_are_431(s: Stack) -> None:
     assert answer.startswith(b"HTTP/1.1 431")
 
 
+def answer_then_eof(sock: socket.socket, more: bytes = b"x") -> bytes:
+    """Everything the gateway sends until it closes the connection; ``more`` (one more body
+    byte, which used to cancel uvicorn's keep-alive timer for good) is sent after the answer.
+    A socket the gateway keeps open fails the test with a timeout (10 s)."""
+    answer = b""
+    while not answer.endswith(b"}}"):
+        part = sock.recv(4096)
+        assert part, answer
+        answer += part
+    with contextlib.suppress(OSError):
+        sock.sendall(more)
+    rest = b""
+    with contextlib.suppress(ConnectionResetError):  # closed: EOF, or a reset once "more" hit the closed socket
+        while part := sock.recv(4096):
+            rest += part
+    return answer + rest
+
+
+@pytest.mark.parametrize(("request_head", "status"), [
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-wrong\r\n"
+     b"Content-Length: 100\r\n\r\n{\"model\":", b"401"),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode()
+     + b"\r\nContent-Length: 999999999\r\n\r\n{", b"413"),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode()
+     + b"\r\nContent-Length: 200\r\n\r\n{\"model\":", b"408"),
+    (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", b"401"),
+], ids=["401-unread-body", "413", "408", "get-with-body"])
+def test_an_answer_to_an_incompletely_read_body_closes_the_connection(s: Stack, request_head: bytes,
+                                                                      status: bytes) -> None:
+    with raw_conn(s) as sock:
+        sock.sendall(request_head)
+        answer = answer_then_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:100]
+    if status in (b"408", b"413"):
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
+def test_a_complete_body_keeps_the_connection_alive(s: Stack) -> None:
+    body = b'{"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]}'
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-wrong\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    with raw_conn(s) as sock:
+        for _ in range(2):  # the same connection answers twice
+            sock.sendall(head + body)
+            answer = b""
+            while not answer.endswith(b"}}"):  # status line and body may arrive in separate segments
+                part = sock.recv(4096)
+                assert part, answer
+                answer += part
+            assert answer.startswith(b"HTTP/1.1 401") and b"connection: close" not in answer.lower()
+
+
 def test_gateway_still_serves_after_all_of_that(s: Stack) -> None:
     answer = s.client().chat.completions.create(model="demo/echo", messages=HELLO)
     assert answer.choices[0].message.content == "Say hello"
@@ -246,3 +300,65 @@ def test_sigterm_lets_an_open_stream_finish_then_exits(tmp_path, upstream: Scrip
         assert "Waiting for connections to close" in gw.logs() or "Finished server process" in gw.logs()
     assert got[-1] == "data: [DONE]"
     assert sum('"content"' in g for g in got) == 15
+
+
+def test_a_stream_cut_at_shutdown_grace_ends_with_an_error_event(tmp_path, upstream: ScriptedUpstream) -> None:  # type: ignore[no-untyped-def]
+    upstream.push(Stream([chunk("gpt-4o", {"content": f"{i} "}) for i in range(100)] + [chunk("gpt-4o", {}, "stop")],
+                         delay=0.2))  # 20 s of stream, 1 s of grace
+    with running_gateway(tmp_path, gateway_yaml(upstream.url, server="shutdown_grace: 1s\n")) as gw:
+        got: list[str] = []
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+                          json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    got.append(line)
+                    if len(got) == 2:
+                        gw.signal(signal.SIGTERM)
+        assert gw.proc is not None and gw.proc.wait(20) in (0, -signal.SIGTERM)
+        logs = gw.logs()
+    assert got[-1] != "data: [DONE]" and 2 <= len(got) < 100
+    error = json.loads(got[-1][6:])["error"]
+    assert error["code"] == "shutdown" and error["type"] == "service_unavailable"
+    line = next(ln for ln in logs.splitlines() if " chat/completions key=team" in ln)
+    assert " 503 chat/completions" in line and "error=shutdown" in line
+
+
+def test_timeouts_total_is_a_deadline_for_the_whole_call(tmp_path, upstream: ScriptedUpstream) -> None:  # type: ignore[no-untyped-def]
+    cfg = gateway_yaml(upstream.url).replace("    models: [gpt-4o, gpt-4o-mini]\n",
+                                             "    models: [gpt-4o, gpt-4o-mini]\n    timeouts: {idle: 3s, total: 1s}\n")
+    with running_gateway(tmp_path, cfg) as gw:
+        # a stream that goes silent: the deadline passes while nothing arrives (not the idle timeout)
+        upstream.push(Stream([chunk("gpt-4o", {"content": "a"}), chunk("gpt-4o", {}, "stop")], delay=6))
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+                          json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as resp:
+            lines = [ln for ln in resp.iter_lines() if ln.startswith("data: ")]
+        assert json.loads(lines[-1][6:])["error"]["code"] == "timeout", lines
+        # headers that come later than the deadline (first_byte is 60 s)
+        upstream.push(Reply(completion("gpt-4o"), delay=4))
+        r = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+                       json={"model": "up/gpt-4o", "messages": HELLO})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+
+
+def test_an_exhausted_upstream_pool_is_503_overloaded_not_a_fall_over(tmp_path, upstream: ScriptedUpstream) -> None:  # type: ignore[no-untyped-def]
+    cfg = gateway_yaml(upstream.url, routes="- name: busy\n  targets: [up/gpt-4o, demo/echo]\n").replace(
+        "    models: [gpt-4o, gpt-4o-mini]\n",
+        "    models: [gpt-4o, gpt-4o-mini]\n    max_connections: 1\n    timeouts: {connect: 1s}\n")
+    with running_gateway(tmp_path, cfg) as gw:
+        upstream.push(Reply(completion("gpt-4o"), delay=4))  # holds the only connection
+        first: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: first.append(httpx.post(
+            gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+            json={"model": "up/gpt-4o", "messages": HELLO})))
+        t.start()
+        deadline = time.monotonic() + 5
+        while not upstream.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
+                       json={"model": "busy", "messages": HELLO})
+        t.join(30)
+        metrics = httpx.get(gw.url + "/metrics").text
+    assert r.status_code == 503, r.text  # not echo's answer: a busy pool is no reason to fall over
+    assert r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
+    assert first[0].status_code == 200
+    assert 'vte_upstream_errors_total{provider="up",reason="pool"} 1.0' in metrics

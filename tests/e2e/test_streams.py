@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -9,11 +10,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from websockets.sync.client import connect
 
 from tests.conftest import Stack, gateway_fixture
 from tests.support import (
     CLIENT_KEY,
     HELLO,
+    UPSTREAM_KEY,
+    Hang,
     Reply,
     Stream,
     chunk,
@@ -162,6 +166,16 @@ def test_stream_with_finish_reason_but_no_done_gets_done_added(s: Stack) -> None
     assert text.endswith("data: [DONE]\n\n") and '"error"' not in text
 
 
+def test_cr_only_upstream_stream_gets_exactly_one_done(s: Stack) -> None:
+    events = [chunk("gpt-4o", {"content": "ok"}), chunk("gpt-4o", {}, "stop")]
+    s.upstream.push(Stream([f"data: {json.dumps(e)}\r\r" for e in events] + ["data: [DONE]\r\r"], done=False))
+    with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                      json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as r:
+        text = r.read().decode()
+    assert text.count("[DONE]") == 1 and text.endswith("data: [DONE]\n\n") and '"error"' not in text
+    assert '"content": "ok"' in text and "\r" not in text
+
+
 def test_upstream_error_before_first_byte_is_a_normal_http_error_for_streams(s: Stack) -> None:
     s.upstream.push(Reply({"error": {"message": "overloaded", "type": "server_error", "code": None}}, 503))
     with pytest.raises(openai.InternalServerError) as exc:
@@ -192,3 +206,47 @@ def test_gateway_keeps_serving_after_a_disconnected_stream(s: Stack, tmp_path: P
                       json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as r:
         next(r.iter_lines())
     assert s.client().chat.completions.create(model="up/gpt-4o", messages=HELLO).model == "up/gpt-4o"
+
+
+def leaky_stream() -> Stream:
+    return Stream([chunk("gpt-4o", {"role": "assistant", "content": ""}), chunk("gpt-4o", {"content": "par"}),
+                   f'data: {{"error": {{"message": "invalid key {UPSTREAM_KEY} for org", "type": "server_error"}}}}'
+                   "\n\n"], done=False)
+
+
+def test_an_upstream_error_event_mid_stream_is_redacted(s: Stack) -> None:
+    s.upstream.push(leaky_stream())
+    with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                      json={"model": "up/gpt-4o", "messages": HELLO, "stream": True}) as r:
+        text = r.read().decode()
+    assert UPSTREAM_KEY not in text and "invalid key [redacted] for org" in text
+
+
+def test_an_upstream_error_event_mid_stream_is_redacted_over_websocket(s: Stack) -> None:
+    s.upstream.push(leaky_stream())
+    url = s.gateway.url.replace("http://", "ws://") + "/v1/chat/completions/ws"
+    frames = []
+    with connect(url, additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as ws:
+        ws.send(json.dumps({"model": "up/gpt-4o", "messages": HELLO}))
+        while not (frames and '"error"' in frames[-1]):
+            frames.append(ws.recv(timeout=10))
+    assert UPSTREAM_KEY not in "".join(frames) and "invalid key [redacted] for org" in frames[-1]
+
+
+def wait_for_log(s: Stack, text: str, seconds: float = 5.0) -> str:
+    deadline = time.monotonic() + seconds
+    while text not in s.gateway.logs():
+        assert time.monotonic() < deadline, f"{text!r} not logged: {s.gateway.logs()[-2000:]}"
+        time.sleep(0.05)
+    return s.gateway.logs()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_client_that_leaves_before_the_upstream_answers_cancels_the_call(s: Stack, stream: bool) -> None:
+    s.upstream.push(Hang(30))  # would hold the gateway for 30 s (the whole generation, billed)
+    with contextlib.suppress(httpx.ReadTimeout):
+        httpx.post(s.gateway.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                   json={"model": "up/gpt-4o", "messages": HELLO, "stream": stream},
+                   timeout=httpx.Timeout(10, read=0.5))
+    logs = wait_for_log(s, "499 chat/completions")  # noticed at once: logged long before the upstream answers
+    assert "error=client_disconnected" in logs

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
+import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import Stack
-from tests.support import CLIENT_KEY, LIMITED_KEY, Reply, Stream, chunk
+from tests.support import CLIENT_KEY, LIMITED_KEY, Reply, Stream, chunk, gateway_yaml, running_gateway
 
 
 def ws_url(s: Stack, query: str = "") -> str:
@@ -81,3 +84,50 @@ def test_cut_upstream_stream_ends_with_an_error_frame(s: Stack) -> None:
         frames = ask(ws, {"model": "up/gpt-4o", "messages": []})
     assert content(frames[:-1]) == "par"
     assert json.loads(frames[-1][6:])["error"]["code"] == "truncated"
+
+
+def test_a_binary_frame_closes_with_policy_violation(s: Stack) -> None:
+    with connect(ws_url(s), additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as ws:
+        assert content(ask(ws, {"model": "demo/echo", "messages": [{"role": "user", "content": "ok"}]})) == "ok"
+        ws.send(b'{"model": "demo/echo"}')
+        with pytest.raises(ConnectionClosed) as exc:
+            ws.recv(timeout=10)
+    assert exc.value.rcvd is not None and exc.value.rcvd.code == 1008
+    assert exc.value.rcvd.reason == "text frames only"
+
+
+def test_websocket_answers_count_in_max_concurrency(tmp_path, upstream) -> None:  # type: ignore[no-untyped-def]
+    with running_gateway(tmp_path, gateway_yaml(upstream.url, server="max_concurrency: 1\n")) as gw:
+        url = gw.url.replace("http://", "ws://") + "/v1/chat/completions/ws"
+        auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
+        echo = {"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]}
+        # a WebSocket answer in progress takes the one place: an HTTP request is refused
+        upstream.push(Stream([chunk("gpt-4o", {"content": "x"})] * 10 + [chunk("gpt-4o", {}, "stop")], delay=0.3))
+        with connect(url, additional_headers=auth) as ws:
+            ws.send(json.dumps({"model": "up/gpt-4o", "messages": [{"role": "user", "content": "a"}]}))
+            ws.recv(timeout=10)  # the answer has begun
+            r = httpx.post(gw.url + "/v1/chat/completions", headers=auth, json=echo)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+            while ws.recv(timeout=10) != "data: [DONE]":
+                pass
+        # an HTTP stream in progress takes it: a WebSocket answer is refused with an error frame
+        upstream.push(Stream([chunk("gpt-4o", {"content": "x"})] * 10 + [chunk("gpt-4o", {}, "stop")], delay=0.3))
+        done = threading.Event()
+
+        def consume() -> None:
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=auth, timeout=30,
+                              json={"model": "up/gpt-4o", "messages": [{"role": "user", "content": "a"}],
+                                    "stream": True}) as resp:
+                for _ in resp.iter_lines():
+                    pass
+            done.set()
+
+        t = threading.Thread(target=consume)
+        t.start()
+        deadline = time.monotonic() + 5
+        while upstream.open_streams == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with connect(url, additional_headers=auth) as ws:
+            frames = ask(ws, echo)
+        t.join(30)
+    assert json.loads(frames[-1])["error"]["code"] == "overloaded" and done.is_set()

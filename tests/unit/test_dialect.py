@@ -8,7 +8,7 @@ import json
 import orjson
 import pytest
 
-from vte_proxy.dialect import MAX_MODEL_NAME, OPENAI, dialect_for_path, parse_openai
+from vte_proxy.dialect import MAX_DEPTH, MAX_MODEL_NAME, OPENAI, dialect_for_path, parse_openai, too_deep
 from vte_proxy.errors import GatewayError, UpstreamError
 
 
@@ -74,3 +74,24 @@ def test_openai_error_event_is_one_sse_data_event_with_the_error_object() -> Non
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/v1/models"])
 def test_openai_paths_answer_in_the_openai_dialect(path: str) -> None:
     assert dialect_for_path(path) is OPENAI and OPENAI.name == "openai"
+
+
+def nested_body(depth: int) -> bytes:
+    """A request whose deepest value sits ``depth`` levels down (the body itself is level 1)."""
+    inner = depth - 1
+    return b'{"model": "m", "x": ' + b"[" * inner + b"]" * inner + b"}"
+
+
+def test_nesting_up_to_the_limit_is_fine_beyond_it_is_a_400() -> None:
+    assert parse_openai(nested_body(MAX_DEPTH))["model"] == "m"
+    for depth in (MAX_DEPTH + 1, 255, 1000):
+        with pytest.raises(GatewayError) as exc:
+            parse_openai(nested_body(depth))
+        assert (exc.value.status, exc.value.code) == (400, "too_deep")
+
+
+def test_many_brackets_side_by_side_are_not_depth() -> None:
+    message = b'{"role": "user", "content": [{"type": "text"}]}'
+    wide = b'{"model": "m", "messages": [' + b",".join([message] * 500) + b"]}"
+    assert len(parse_openai(wide)["messages"]) == 500
+    assert not too_deep({"a": [[{"b": []}]] * 1000})

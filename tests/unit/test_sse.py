@@ -6,10 +6,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vte_proxy.sse import DONE, data_of, event, named_event, split_events, with_data
+from vte_proxy.errors import UpstreamError
+from vte_proxy.sse import (
+    DONE,
+    MAX_EVENT_BYTES,
+    EventSplitter,
+    data_of,
+    event,
+    named_event,
+    split_events,
+    with_data,
+)
 
 
 async def collect(parts: list[bytes]) -> list[bytes]:
@@ -17,7 +28,7 @@ async def collect(parts: list[bytes]) -> list[bytes]:
         for p in parts:
             yield p
 
-    return [ev async for batch in split_events(gen()) for ev in batch]
+    return [ev async for batch in split_events(gen(), "p") for ev in batch]
 
 
 async def test_split_events_handles_events_split_across_chunks_and_crlf() -> None:
@@ -31,7 +42,7 @@ async def test_split_events_batches_the_complete_events_of_each_read() -> None:
         yield b'data: 1\n\ndata: 2\n\nda'
         yield b'ta: 3\n\n'
 
-    assert [b async for b in split_events(gen())] == [[b"data: 1", b"data: 2"], [b"data: 3"]]
+    assert [b async for b in split_events(gen(), "p")] == [[b"data: 1", b"data: 2"], [b"data: 3"]]
 
 
 async def test_split_events_drops_an_incomplete_last_event() -> None:
@@ -70,3 +81,38 @@ async def test_split_events_yields_the_same_events_however_the_bytes_are_cut(pie
         pos += c
     parts.append(raw[pos:])
     assert await collect(parts) == events
+
+
+async def test_split_events_handles_cr_only_line_endings_however_cut() -> None:
+    raw = b'data: {"a":1}\r\revent: x\rdata: {"b":2}\r\rdata: [DONE]\r\r'
+    for size in (1, 2, 3, 5, len(raw)):
+        parts = [raw[i:i + size] for i in range(0, len(raw), size)]
+        assert await collect(parts) == [b'data: {"a":1}', b'event: x\ndata: {"b":2}', DONE], size
+
+
+async def test_split_events_handles_mixed_line_endings_and_a_crlf_split_between_reads() -> None:
+    assert await collect([b"data: 1\r", b"\n\r", b"\ndata: 2\n\r\ndata: 3\r\n\n"]) == [b"data: 1", b"data: 2",
+                                                                                     b"data: 3"]
+
+
+def test_splitter_scans_each_byte_about_once() -> None:
+    # One 4 MiB event in 4 KiB reads: a splitter that re-scans its buffer on every read looks at
+    # ~2 GB; this one at each byte once (plus one byte of overlap per read).
+    splitter = EventSplitter("p")
+    piece = b"x" * 4096
+    assert splitter.feed(b"data: ") == []
+    for _ in range(1024):
+        assert splitter.feed(piece) == []
+    assert splitter.feed(b"\n\n") == [b"data: " + piece * 1024]
+    assert splitter.scanned <= 4 * 1024 * 1024 + 2 * 1030
+
+
+async def test_an_event_over_the_maximum_size_is_a_protocol_error() -> None:
+    splitter = EventSplitter("p", max_event=1000)
+    assert splitter.feed(b"data: " + b"x" * 900) == []
+    with pytest.raises(UpstreamError) as exc:
+        splitter.feed(b"x" * 200)
+    assert (exc.value.status, exc.value.reason) == (502, "protocol")
+    with pytest.raises(UpstreamError):  # also when the oversized event arrives complete in one read
+        EventSplitter("p", max_event=1000).feed(b"data: " + b"y" * 2000 + b"\n\ndata: 1\n\n")
+    assert EventSplitter("p").max_event == MAX_EVENT_BYTES == 16 * 1024 * 1024

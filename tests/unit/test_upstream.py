@@ -5,6 +5,7 @@ map, and Upstream itself against a scripted upstream on loopback (reached as
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -26,7 +27,7 @@ from tests.support import (
 )
 from vte_proxy.config import ProviderConfig, Timeouts
 from vte_proxy.errors import UpstreamError
-from vte_proxy.upstream import Upstream, UpstreamResponse, transport_error
+from vte_proxy.upstream import Redactor, Upstream, UpstreamResponse, provider_secrets, transport_error
 
 PROVIDER = "upt"
 HEADER_SECRET = "hdr-SECRET-value-42"
@@ -228,3 +229,29 @@ async def test_a_given_reason_labels_the_failure(upstream: Upstream, up: Scripte
     with Counted("discovery"):
         err = await fails(upstream, upstream_test_url(up), reason="discovery")
     assert err.reason == "discovery"
+
+
+def userinfo_provider(base_url: str) -> ProviderConfig:
+    return ProviderConfig(name="p", type="openai", base_url=base_url, models=("m",))
+
+
+def test_base_url_userinfo_is_a_secret_in_every_form() -> None:
+    p = userinfo_provider("https://svc-user:pa%40ss-SECRET-42@llm.internal/v1")
+    basic = base64.b64encode(b"svc-user:pa@ss-SECRET-42").decode()
+    leaked = (f"proxy said: auth {basic} failed for svc-user:pa%40ss-SECRET-42 (pa@ss-SECRET-42, "
+              "pa%40ss-SECRET-42) at llm.internal").encode()
+    out = Redactor(provider_secrets(p)).bytes(leaked)
+    for secret in (basic, "pa@ss-SECRET-42", "pa%40ss-SECRET-42", "SECRET"):
+        assert secret.encode() not in out, out
+    assert b"llm.internal" in out  # the host is not a secret
+
+
+def test_a_user_name_alone_counts_too() -> None:
+    p = userinfo_provider("https://token-SECRET-abcdef@llm.internal/v1")
+    basic = base64.b64encode(b"token-SECRET-abcdef:").decode()
+    out = Redactor(provider_secrets(p)).bytes(f"{basic} token-SECRET-abcdef".encode())
+    assert b"SECRET" not in out and basic.encode() not in out
+
+
+def test_a_plain_base_url_adds_nothing() -> None:
+    assert provider_secrets(userinfo_provider("https://api.openai.com/v1")) == []

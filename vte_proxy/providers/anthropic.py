@@ -29,9 +29,10 @@ from vte_proxy.anthropic.errors import ERROR_TYPES
 from vte_proxy.anthropic.to_messages import without_unsigned_thinking
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
-from vte_proxy.providers.base import Answer, Call, EventBatches, JsonAnswer, Provider, StreamAnswer
-from vte_proxy.sse import DONE, data_of, event, split_events
-from vte_proxy.upstream import ConnectorFactory, Upstream, UpstreamResponse
+from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.providers.translated import Feed, translated_events
+from vte_proxy.sse import split_events
+from vte_proxy.upstream import ConnectorFactory, Upstream
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2023-06-01"
@@ -100,43 +101,23 @@ class AnthropicProvider(Provider):
                                             shaper=None if native else openai_error)
         if call.stream and endpoint == "messages":
             if native:
-                return StreamAnswer(split_events(response.iter_bytes()), response.aclose)
+                return StreamAnswer(split_events(response.iter_bytes(), self.name, redact=self.upstream.redactor.bytes),
+                                    response.aclose)
             translator = MessagesToChat(call.target.upstream_model)
-            return StreamAnswer(self._chat_events(response, translator), response.aclose)
+            events = translated_events(response, self.upstream.redactor, translator, self._feed(translator))
+            return StreamAnswer(events, response.aclose)
         answer = await response.read_json()
         return JsonAnswer(answer if native else message_to_chat(answer, call.target.upstream_model))
 
-    async def _chat_events(self, response: UpstreamResponse, translator: MessagesToChat) -> EventBatches:
-        """Anthropic events -> OpenAI chunk events; once the stop_reason came, the usage chunk
-        and ``[DONE]``. An ``error`` event raises; a stream that ends early simply ends
-        (shaping judges it truncated)."""
-        try:
-            async for batch in split_events(response.iter_bytes()):
-                out = [event(chunk) for ev in batch for chunk in self._translate(ev, translator)]
-                if out:
-                    yield out
-        except UpstreamError as exc:
-            # A connection lost after the stop_reason (before message_stop) loses nothing.
-            if not translator.finished or exc.reason not in ("truncated", "idle", "timeout"):
-                raise
-        if translator.finished:
-            yield [event(translator.usage_chunk()), DONE]
+    def _feed(self, translator: MessagesToChat) -> Feed:
+        """Anthropic events -> OpenAI chunks; an ``error`` event raises."""
+        def feed(obj: Any) -> list[dict[str, Any]]:
+            chunks = translator.feed("", obj) if isinstance(obj, dict) else []
+            if translator.error is not None:
+                raise stream_error(self.name, translator.error)
+            return chunks
 
-    def _translate(self, ev: bytes, translator: MessagesToChat) -> list[dict[str, Any]]:
-        payload = data_of(ev)
-        if payload is None:
-            return []
-        if b'"error"' in payload:
-            payload = self.upstream.redactor.bytes(payload)
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(self.name, 502, f"provider {self.name!r} sent an invalid stream event",
-                                "protocol") from None
-        chunks = translator.feed("", obj) if isinstance(obj, dict) else []
-        if translator.error is not None:
-            raise stream_error(self.name, translator.error)
-        return chunks
+        return feed
 
     async def discover(self) -> tuple[str, ...]:
         headers = {k: v for k, v in self._headers.items() if k != "content-type"}

@@ -64,9 +64,11 @@ class OpenAIProvider(Provider):
         if call.headers:
             headers = {**call.headers, **headers}
         response = await self.upstream.send("POST", self._urls[call.endpoint], headers, upstream_body(call))
+        headers = response.passed_headers()
         if call.stream and call.endpoint in _STREAMING:
-            return StreamAnswer(split_events(response.iter_bytes()), response.aclose)
-        return JsonAnswer(await response.read_json())
+            events = split_events(response.iter_bytes(), self.name, redact=self.upstream.redactor.bytes)
+            return StreamAnswer(events, response.aclose, headers)
+        return JsonAnswer(await response.read_json(), headers)
 
     async def discover(self) -> tuple[str, ...]:
         response = await self.upstream.send("GET", f"{self._base}/models",

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
 from urllib.parse import quote
 
 import orjson
 
 from vte_proxy.config import ProviderConfig
-from vte_proxy.errors import UpstreamError
-from vte_proxy.providers.base import Answer, Call, EventBatches, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.providers.translated import translated_events
 from vte_proxy.providers.vertex_mapping import GeminiStreamTranslator, chat_to_gemini, gemini_error, gemini_to_chat
-from vte_proxy.sse import DONE, data_of, event, split_events
-from vte_proxy.upstream import ConnectorFactory, Upstream, UpstreamResponse
+from vte_proxy.upstream import ConnectorFactory, Upstream
 
 DEFAULT_BASE_URL = "https://aiplatform.googleapis.com"
 
@@ -75,39 +73,10 @@ class VertexExpressProvider(Provider):
                                             shaper=gemini_error)
         if call.stream:
             translator = GeminiStreamTranslator(model, _response_id(), int(time.time()), provider=self.name)
-            return StreamAnswer(self._events(response, translator), response.aclose)
+            events = translated_events(response, self.upstream.redactor, translator, translator.feed)
+            return StreamAnswer(events, response.aclose)
         return JsonAnswer(gemini_to_chat(await response.read_json(), model, _response_id(), int(time.time()),
                                          provider=self.name))
-
-    async def _events(self, response: UpstreamResponse, translator: GeminiStreamTranslator) -> EventBatches:
-        """Gemini SSE events -> OpenAI chunk events; once every choice finished, the usage chunk
-        and ``[DONE]``. A stream that ends before that simply ends: shaping judges it truncated."""
-        try:
-            async for batch in split_events(response.iter_bytes()):
-                out = [event(chunk) for ev in batch for chunk in self._translate(ev, translator)]
-                if out:
-                    yield out
-        except UpstreamError as exc:
-            # A connection lost after every finishReason (while waiting for a trailing usage
-            # event) loses nothing the client needs.
-            if not translator.finished or exc.reason not in ("truncated", "idle", "timeout"):
-                raise
-        if translator.finished:
-            usage = translator.usage_chunk()  # always sent: shaping drops it unless the client asked
-            yield [event(usage), DONE] if usage is not None else [DONE]
-
-    def _translate(self, ev: bytes, translator: GeminiStreamTranslator) -> list[dict[str, Any]]:
-        payload = data_of(ev)
-        if payload is None:  # comments, bare event: lines
-            return []
-        if b'"error"' in payload:
-            payload = self.upstream.redactor.bytes(payload)
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(self.name, 502, f"provider {self.name!r} sent an invalid stream event",
-                                "protocol") from None
-        return translator.feed(obj)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
