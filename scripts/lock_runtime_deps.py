@@ -3,8 +3,12 @@
 
 The set is [project].dependencies of pyproject.toml plus everything they pull in (for this
 interpreter and platform: CPython 3.11 on Linux, like the container image), at the versions
-installed in the current environment. Run it with the project's venv after installing the
-project:  .venv/bin/python scripts/lock_runtime_deps.py   (or --check in CI / tests).
+installed in the current environment. A dependency that only older CPython 3.11 releases need
+(e.g. redis' `async-timeout; python_full_version < "3.11.3"`) is locked too, with its marker,
+so the lock also installs on a base image with Python 3.11.0-3.11.2 (Debian bookworm's
+python3); it must be installed in the environment to be pinned (the dev extra has it).
+Run it with the project's venv after installing the project:
+.venv/bin/python scripts/lock_runtime_deps.py   (or --check in CI / tests).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -28,11 +33,22 @@ HEADER = """\
 """
 
 
+# The oldest interpreter the lock must also serve: markers are evaluated for it as well.
+OLDEST_311 = {"python_full_version": "3.11.0", "python_version": "3.11"}
+
+
+def applies(marker: Any, extras: set[str], env: dict[str, str] | None = None) -> bool:
+    return any(marker.evaluate({**(env or {}), "extra": extra}) for extra in (extras or {""}))
+
+
 def closure() -> list[str]:
-    """`Name==version` of the runtime dependencies and their transitive dependencies."""
+    """`Name==version` of the runtime dependencies and their transitive dependencies
+    (`Name==version ; marker` for those only older CPython 3.11 releases need)."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     pending = [Requirement(r) for r in pyproject["project"]["dependencies"]]
     seen: dict[str, tuple[str, str, set[str]]] = {}
+    conditional: dict[str, str] = {}  # name -> marker, for the older 3.11 releases only
+    everywhere = {canonicalize_name(r.name) for r in pending}
     while pending:
         requirement = pending.pop()
         key = canonicalize_name(requirement.name)
@@ -50,9 +66,16 @@ def closure() -> list[str]:
         for raw in dist.requires or []:
             dependency = Requirement(raw)
             marker = dependency.marker
-            if marker is None or any(marker.evaluate({"extra": extra}) for extra in (extras or {""})):
+            name = canonicalize_name(dependency.name)
+            if marker is None or applies(marker, extras):
                 pending.append(dependency)
-    return [f"{name}=={version}" for _, (name, version, _) in sorted(seen.items())]
+                everywhere.add(name)
+                conditional.pop(name, None)
+            elif applies(marker, extras, OLDEST_311) and name not in everywhere:
+                conditional[name] = str(marker)
+                pending.append(Requirement(dependency.name + str(dependency.specifier)))
+    return [f"{name}=={version}" + (f" ; {conditional[key]}" if key in conditional else "")
+            for key, (name, version, _) in sorted(seen.items())]
 
 
 def render() -> str:

@@ -3,7 +3,9 @@
 :class:`Accounting` is built once per process by ``create_app`` and passed to whoever needs
 it. The exchange reports each request to it exactly once (:meth:`Accounting.finish`), and
 tells it when a request moves to a provider (:meth:`Accounting.dispatched`, the in-flight
-gauge). It keeps the live request log the status page shows, its subscribers, and the count
+gauge). It carries the process's :class:`~vte_proxy.tracing.Tracing` (traces are the other
+half of what a request reports), so every exchange, whatever its transport, finds it. It
+keeps the live request log the status page shows, its subscribers, and the count
 of finished requests the memory watcher reads.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 from vte_proxy import metrics
 from vte_proxy.record import RequestRecord
+from vte_proxy.tracing import Tracing
 
 log = logging.getLogger("vte_proxy.access")
 trace = logging.getLogger("vte_proxy.dispatch")
@@ -45,7 +48,8 @@ def usage_tokens(usage: dict[str, Any]) -> tuple[int | None, int | None]:
 class Accounting:
     """Closes the books on requests: metrics, the log line, the live log."""
 
-    def __init__(self, size: int = LOG_SIZE) -> None:
+    def __init__(self, size: int = LOG_SIZE, tracing: Tracing | None = None) -> None:
+        self.tracing = tracing if tracing is not None else Tracing()  # off until a config turns it on
         self.recent: deque[dict[str, Any]] = deque(maxlen=size)
         self.subscribers: set[Subscriber] = set()
         self.finished = 0  # requests finished since start (tells a busy gateway from a quiet one)
@@ -140,4 +144,6 @@ class RequestLine:
             parts.append("stream")
         if e["error"]:
             parts.append(f"error={safe_text(e['error'])}")
+        if "trace_id" in e:
+            parts.append(f"trace={e['trace_id']}")
         return " ".join(parts)

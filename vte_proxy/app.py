@@ -34,6 +34,7 @@ from vte_proxy.providers.base import ENDPOINTS, MESSAGES_ENDPOINTS
 from vte_proxy.reload import install_sighup, poll_config, watch_config
 from vte_proxy.state import Gateway
 from vte_proxy.status import StatusPage
+from vte_proxy.tracing import Tracing
 from vte_proxy.upstream import ConnectorFactory
 from vte_proxy.websocket import ChatWebSocket
 
@@ -115,12 +116,15 @@ class FastPath:
 
 class Lifespan:
     """Start-up and shut-down of the process-wide tasks: the first config load and discovery
-    round, the config watchers, SIGHUP and SIGTERM handling, and the memory watcher."""
+    round, the config watchers, SIGHUP and SIGTERM handling, the memory watcher, and at the end
+    the last export of queued trace spans."""
 
-    def __init__(self, gateway: Gateway, discovery: Discovery, memory: MemoryWatcher) -> None:
+    def __init__(self, gateway: Gateway, discovery: Discovery, memory: MemoryWatcher,
+                 tracing: Tracing | None = None) -> None:
         self.gateway = gateway
         self.discovery = discovery
         self.memory = memory
+        self.tracing = tracing
         self._hup_tasks: set[asyncio.Task[bool]] = set()
 
     @contextlib.asynccontextmanager
@@ -144,6 +148,8 @@ class Lifespan:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await gateway.aclose()
+            if self.tracing is not None:
+                await self.tracing.aclose()
 
 
 def _routes(gateway: Gateway, accounting: Accounting, status: StatusPage,
@@ -170,9 +176,12 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None,
 
     The process-wide state is built here and passed to whoever needs it: the gateway (the
     current config state, and the stores of the limit counters, which outlive every config),
-    accounting (metrics, the live request log), the status page and the memory watcher."""
+    accounting (metrics, the live request log, and the tracing that every config swap
+    reconfigures), the status page and the memory watcher."""
     gateway = Gateway(config_path, connector, Stores())
-    accounting = Accounting()
+    tracing = Tracing()
+    gateway.on_swap.append(lambda new: tracing.configure(new.config.telemetry))
+    accounting = Accounting(tracing=tracing)
     discovery = Discovery(gateway)
     status = StatusPage(gateway, discovery, accounting)
     memory = MemoryWatcher(lambda: accounting.finished, gateway.in_flight, quiet_seconds)
@@ -181,7 +190,7 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None,
     handlers = {HTTPException: _http_error, GatewayError: _gateway_error, Exception: _internal_error}
     concurrency = Concurrency()  # server.max_concurrency counts HTTP requests and WebSocket answers together
     app = Starlette(routes=_routes(gateway, accounting, status, proxied, concurrency),
-                    lifespan=Lifespan(gateway, discovery, memory), exception_handlers=handlers)
+                    lifespan=Lifespan(gateway, discovery, memory, tracing), exception_handlers=handlers)
     app.router.redirect_slashes = False  # its 307 would build a Location from the client's Host header: 404 instead
     app.state.gateway = gateway
     app.state.discovery = discovery

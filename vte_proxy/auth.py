@@ -22,6 +22,7 @@ class ClientKey:
     patterns: tuple[str, ...]
     status: bool
     system_prompt: SystemPrompt | None = None
+    trace_content: bool = False  # prompts and completions may go into this key's trace spans
     # allows() results per exposed name; bounded by the names in the config.
     _allowed: dict[str, bool] = field(default_factory=dict, repr=False)
 
@@ -45,7 +46,8 @@ class KeyRing:
     """The configured client keys."""
 
     def __init__(self, keys: tuple[KeyConfig, ...]) -> None:
-        self.keys = [ClientKey(k.name, _digest(k), k.models, k.status, k.system_prompt) for k in keys]
+        self.keys = [ClientKey(k.name, _digest(k), k.models, k.status, k.system_prompt, k.trace_content)
+                     for k in keys]
 
     def authenticate(self, presented: str | bytes | None) -> ClientKey | None:
         if not presented:

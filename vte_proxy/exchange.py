@@ -9,15 +9,18 @@ A transport (:mod:`vte_proxy.http`, :mod:`vte_proxy.websocket`) only frames: it 
 - is the error boundary: a :class:`~vte_proxy.errors.GatewayError` raised anywhere below
   becomes the dialect's JSON error before the first byte, or its SSE error event after it
   (:func:`render_error` is the one function that writes an error answer);
-- reports the request to accounting exactly once, when it ends.
+- reports the request to accounting exactly once, when it ends;
+- when tracing is on, opens the request's server span (continuing the client's
+  ``traceparent``) and ends it once, with the request, after accounting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.types import Send
 
@@ -33,6 +36,9 @@ from vte_proxy.record import RequestRecord
 from vte_proxy.shaping import JsonReply, Reply, StreamReply
 from vte_proxy.state import GatewayState
 from vte_proxy.usage_estimate import KEEP_BYTES
+
+if TYPE_CHECKING:  # the SDK side of tracing is imported only when tracing is on
+    from vte_proxy.tracing_sdk import RequestSpan, Tracer
 
 JSON = (b"content-type", b"application/json")
 # Endpoints whose answers are text a usage estimate can count (embeddings report their own).
@@ -73,7 +79,7 @@ async def render_error(send: Send, err: GatewayError, dialect: Dialect, replies:
 class Exchange:
     """One proxied request from its first byte in to its last byte out."""
 
-    __slots__ = ("_kept", "_kept_bytes", "_req", "_sent_bytes", "accounting", "dialect", "record", "state",
+    __slots__ = ("_kept", "_kept_bytes", "_req", "_sent_bytes", "accounting", "dialect", "record", "span", "state",
                  "ticket")
 
     def __init__(self, state: GatewayState, accounting: Accounting, endpoint: str, dialect: Dialect) -> None:
@@ -82,6 +88,7 @@ class Exchange:
         self.dialect = dialect
         self.record = RequestRecord.start(endpoint)
         self.ticket: Ticket | None = None
+        self.span: RequestSpan | None = None  # the server span, while tracing is on
         # For a usage estimate when the upstream reports none: the request, and the first
         # KEEP_BYTES of a streamed answer.
         self._req: Request | None = None
@@ -102,6 +109,8 @@ class Exchange:
         if key is None:
             raise GatewayError(401, "missing or invalid API key", "invalid_api_key")
         self.record.key = key.name
+        if self.span is not None:
+            self.span.key(key.name, key.trace_content)
         return key
 
     async def run(self, sink: Sink, presented: bytes | None, read: Callable[[], Awaitable[bytes]],
@@ -110,6 +119,9 @@ class Exchange:
         GatewayError (it is the answer)."""
         reply: Reply | None = None
         self.state.providers.acquire()
+        tracer = self.accounting.tracing.current
+        if tracer is not None and tracer.accepting():
+            self._trace(tracer, headers)
         try:
             key = self.authenticate(presented)
             raw = await read()
@@ -126,12 +138,17 @@ class Exchange:
         finally:
             await self._end(reply)
 
+    def _trace(self, tracer: Tracer, headers: dict[str, str]) -> None:
+        endpoint = self.record.endpoint
+        self.span = tracer.request("POST", "/v1/" + endpoint, endpoint, headers)
+        self.record.trace_id = self.span.trace_id
+
     def _request(self, key: ClientKey, body: dict[str, object], headers: dict[str, str],
                  stream_reply: bool) -> Request:
         endpoint = self.record.endpoint
         client_stream = stream_reply or (body.get("stream") is True and endpoint != "embeddings")
         self.record.stream = client_stream
-        return Request(endpoint, body, key, client_stream, headers, self.dialect.name)
+        return Request(endpoint, body, key, client_stream, headers, self.dialect.name, span=self.span)
 
     async def _send(self, sink: Sink, reply: Reply) -> None:
         if isinstance(reply, JsonReply):
@@ -197,7 +214,11 @@ class Exchange:
         finally:
             self.state.providers.release()
             await self._settle()
-            self.accounting.finish(self.record)
+            try:
+                self.accounting.finish(self.record)
+            finally:
+                if self.span is not None:
+                    self._end_span(self.span)
 
     async def _settle(self) -> None:
         """Give the limits the real usage: an answer's own, its reservation when it reported
@@ -209,3 +230,12 @@ class Exchange:
             await ticket.settle(Usage.from_wire(rec.usage))
         else:
             await ticket.settle(ticket.estimated_usage() if rec.answered else None)
+
+    def _end_span(self, span: RequestSpan) -> None:
+        """The server span ends with the request: status, usage, time to first token."""
+        rec = self.record
+        if rec.ttft is not None:
+            span.first_token(rec.ttft, ago=time.monotonic() - rec.started - rec.ttft)
+        if rec.usage is not None:
+            span.usage(rec.usage, estimated=rec.estimated)
+        span.end(rec.status, rec.error)

@@ -99,3 +99,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("uvicorn.access").disabled = True
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The OpenTelemetry SDK warns on every retry and every full queue: drops are counted in
+    # vte_trace_spans_dropped_total and vte_proxy.tracing warns once a minute; its errors stay.
+    logging.getLogger("opentelemetry").setLevel(logging.ERROR)

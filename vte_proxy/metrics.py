@@ -55,6 +55,14 @@ LAST_RELOAD = Gauge("vte_config_last_reload_success_timestamp_seconds",
                     "Unix time of the last successful config load.", multiprocess_mode="livemax")
 MODELS = Gauge("vte_models_available", "Exposed models per provider.", ["provider"],
                multiprocess_mode="livemostrecent")
+# Tracing (vte_proxy.tracing): spans never exported, by reason. queue_full: the export queue
+# was full (a slow collector), also one per request not traced while it is; export_failed: the
+# collector refused or could not be reached after the exporter's retries; collector_down: a
+# request not traced at all while the collector fails, one per request; shutdown: still queued
+# when the tracer stopped.
+TRACE_SPANS_DROPPED = Counter("vte_trace_spans_dropped", "Trace spans dropped instead of exported, by reason.",
+                              ["reason"])
+TRACE_SPANS_EXPORTED = Counter("vte_trace_spans_exported", "Trace spans the collector accepted.")
 COST = Counter("vte_cost_usd", "Spend priced from `prices`, in USD.", ["model", "provider", "key"])
 RATE_LIMITED = Counter("vte_rate_limited", "Requests refused with 429 by a limit or budget.", ["key", "scope", "kind"])
 BUDGET_SPENT = Gauge("vte_budget_spent_usd", "Spend of a key with a budget in its current period (the shared store's "

@@ -2,7 +2,9 @@
 the provider (retries, fall-over before the first byte), and hand the answer to shaping.
 
 It knows nothing of transports, metrics or accounting: progress is reported through the
-:class:`Tracker` the exchange passes in, and every failure is raised.
+:class:`Tracker` the exchange passes in, and every failure is raised. When tracing is on the
+request carries its server span (``Request.span``): each upstream attempt gets a child span,
+whose ``traceparent`` is what that attempt sends upstream.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vte_proxy import system_prompt
 from vte_proxy.anthropic import calls as anthropic_calls
@@ -22,17 +24,24 @@ from vte_proxy.auth import ClientKey
 from vte_proxy.balancing import CircuitBreaker, Slot
 from vte_proxy.errors import GatewayError, UpstreamError
 from vte_proxy.limits import LimitExceeded, Ticket, estimate
-from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.providers.base import TRACE_HEADERS, Answer, Call, JsonAnswer, Provider, StreamAnswer
 from vte_proxy.record import RequestRecord
 from vte_proxy.routing import Entry, Target
 from vte_proxy.shaping import Plan, Reply, shape
 from vte_proxy.state import GatewayState
+from vte_proxy.tracing import KEY_TRIES
+
+if TYPE_CHECKING:  # the SDK side of tracing is imported only when tracing is on
+    from vte_proxy.tracing_sdk import AttemptSpan, RequestSpan
 
 log = logging.getLogger("vte_proxy.pipeline")
 
 # Client headers passed to upstreams (anthropic-*: to Anthropic upstreams only); everything else
-# (Authorization, cookies, hop-by-hop, Host) is never forwarded.
-FORWARDED_HEADERS = (b"openai-beta", b"x-request-id", b"anthropic-version", b"anthropic-beta")
+# (Authorization, cookies, hop-by-hop, Host) is never forwarded. The W3C trace context passes
+# through as is while tracing is off; when it is on, each attempt sends its own span's instead.
+# A frozenset: the transport tests every client header against it.
+FORWARDED_HEADERS = frozenset((b"openai-beta", b"x-request-id", b"anthropic-version", b"anthropic-beta",
+                               b"traceparent", b"tracestate"))
 # Endpoints whose upstream call follows the stream policy (stream_mode).
 POLICY_ENDPOINTS = ("chat/completions", "messages")
 RETRY_STATUSES = (502, 503, 504, 529)  # 529: Anthropic's "overloaded"
@@ -78,13 +87,19 @@ class Request:
     dialect: str = "openai"
     size: int = 0  # the body's bytes (the token reservation's prompt guess)
     sent: dict[str, Any] | None = None  # the body of the last try (system prompt applied), for estimates
+    span: RequestSpan | None = None  # the request's server span; None when tracing is off
 
 
 async def dispatch(state: GatewayState, request: Request, tracker: Tracker) -> Reply:
     """Answer one parsed request; raises GatewayError for anything before the first byte."""
     entry = resolve(state, request, tracker.record)
+    span = request.span
+    if span is not None:
+        span.model(request.body, entry.name, entry.name if entry.route else None)
     ticket = await admit(state, entry, request, tracker)
     answer, target = await call_targets(state, entry, request, tracker, ticket)
+    if span is not None:
+        answer = span.observe(answer)  # the upstream's own model name, id and finish, before shaping
     plan = Plan(request.endpoint, entry.name, target.provider, target.upstream_model, request.client_stream,
                 keep_usage=request.endpoint == "responses" or wants_usage(request.body))
     ingress = INGRESS.get(request.dialect)
@@ -293,16 +308,45 @@ async def _attempts(state: GatewayState, target: Target, request: Request) -> An
         if isinstance(prepared, JsonAnswer):
             return prepared  # answered without a call (count_tokens estimate)
         call = prepared
-    retries = provider.config.retries
+    retries, span = provider.config.retries, request.span
     for attempt in range(retries + 1):
+        traced = None if span is None else _traced(span, provider, call)
         try:
-            return await provider.send(call)
+            answer = await (provider.send(call) if traced is None else _send_traced(provider, call, traced))
         except UpstreamError as exc:
-            log.warning("provider %s failed (%s, HTTP %d) for %s", target.provider, exc.reason, exc.status,
-                        target.exposed)
-            # A pool without a usable key stays so for a while: no point trying it again now.
-            again = exc.reason not in ("status", "keys") or exc.status in RETRY_STATUSES
-            if not (exc.retryable and again) or attempt == retries:
+            if traced is not None:
+                traced.failed(exc.status, exc.reason)
+            if not _may_retry(exc, target) or attempt == retries:
                 raise
             await asyncio.sleep(min(0.05 * 2**attempt, 1.0) * (0.5 + random.random()))
+        else:
+            if traced is not None:
+                traced.answered()
+            return answer
     raise AssertionError("unreachable")
+
+
+def _may_retry(exc: UpstreamError, target: Target) -> bool:
+    """Whether the same target may be tried again after ``exc`` (logged here, once per failure)."""
+    log.warning("provider %s failed (%s, HTTP %d) for %s", target.provider, exc.reason, exc.status, target.exposed)
+    # A pool without a usable key stays so for a while: no point trying it again now.
+    again = exc.reason not in ("status", "keys") or exc.status in RETRY_STATUSES
+    return exc.retryable and again
+
+
+async def _send_traced(provider: Provider, call: Call, traced: AttemptSpan) -> Answer:
+    """``provider.send`` with the attempt visible to an upstream key pool (each key a span)."""
+    token = KEY_TRIES.set(traced)
+    try:
+        return await provider.send(call)
+    finally:
+        KEY_TRIES.reset(token)
+
+
+def _traced(span: RequestSpan, provider: Provider, call: Call) -> AttemptSpan:
+    """The span of one attempt; the call carries its trace context upstream (the client's is
+    replaced as a whole: a tracestate never outlives its traceparent)."""
+    attempt = span.attempt(provider.name, provider.config.type, call.target.upstream_model,
+                           target=call.target.exposed, stream=call.stream, base_url=provider.config.base_url)
+    call.headers = {**{k: v for k, v in call.headers.items() if k not in TRACE_HEADERS}, **attempt.headers}
+    return attempt

@@ -35,6 +35,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+    trace_id: str | None = None  # the request's trace (when tracing is on): in the log, to join the two
 
     @classmethod
     def start(cls, endpoint: str) -> RequestRecord:
@@ -55,9 +56,13 @@ class RequestRecord:
 
     def entry(self) -> dict[str, Any]:
         """The record as one line of the request log."""
-        return {"time": self.time, "key": self.key, "model": self.requested or self.model,
-                "provider": self.provider, "endpoint": self.endpoint, "status": self.status,
-                "stream": self.stream, "duration_ms": round(self.duration * 1000, 2),
-                "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 2),
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "error": self.error}
+        entry: dict[str, Any] = {
+            "time": self.time, "key": self.key, "model": self.requested or self.model,
+            "provider": self.provider, "endpoint": self.endpoint, "status": self.status,
+            "stream": self.stream, "duration_ms": round(self.duration * 1000, 2),
+            "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 2),
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "error": self.error}
+        if self.trace_id is not None:
+            entry["trace_id"] = self.trace_id
+        return entry

@@ -34,6 +34,7 @@ from vte_proxy.keypool import KeyPool
 from vte_proxy.providers.base import Provider
 from vte_proxy.routing import Entry
 from vte_proxy.state import Gateway, GatewayState
+from vte_proxy.tracing import describe
 
 if TYPE_CHECKING:
     from vte_proxy.discovery import Discovery, DiscoveryStatus
@@ -109,6 +110,7 @@ class StatusPage:
             "models": _models(state, per_model),
             "unknown_model_requests": _unknown_requests(per_model),
             "keys": [{"name": k.name, "status": k.status, "models": list(k.models)} for k in state.config.keys],
+            "tracing": describe(self.accounting.tracing.settings),
             "totals": {k: sum(m[k] for m in per_model.values()) for k in _ZERO},
             "log": list(reversed(self.accounting.recent)),
         }

@@ -33,6 +33,7 @@ from vte_proxy import metrics
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
 from vte_proxy.keypool import STATES, KeyPool, PoolKey, parse_retry_after
+from vte_proxy.tracing import KEY_TRIES
 
 log = logging.getLogger("vte_proxy.upstream")
 
@@ -371,12 +372,16 @@ class Upstream:
         if self.pool is None:
             return await self._send(method, url, headers, content, shaper, reason)
         tried: list[str] = []
+        traced = KEY_TRIES.get()  # the attempt's span while tracing is on: one span per key
         while (key := self.pool.pick(tried)) is not None:
             tried.append(key.name)
-            response = await self._send(method, url, {**headers, **self._auth[key.name]}, content, shaper, reason,
+            sent = headers if traced is None else traced.key(key.name, headers)
+            response = await self._send(method, url, {**sent, **self._auth[key.name]}, content, shaper, reason,
                                         key_status=True)
             if response.status not in KEY_COOLS + KEY_REJECTED:
                 return response
+            if traced is not None:
+                traced.key_failed(response.status)
             await self._rest(key, response, shaper, reason)
         raise self._exhausted()
 

@@ -26,8 +26,12 @@ METRICS = {
     "vte_config_reloads_total",
     "vte_config_last_reload_success_timestamp_seconds",
     "vte_models_available",
+    "vte_cost_usd_total",
+    "vte_rate_limited_total",
+    "vte_budget_spent_usd",
     "vte_upstream_key_state",
     "vte_route_selections_total",
+    "vte_limits_store_errors_total",
     "vte_circuit_breaker_state",
     "vte_usage_estimated_total",
 }
@@ -43,13 +47,18 @@ LABELS = {
     "vte_config_reloads_total": {"result"},
     "vte_config_last_reload_success_timestamp_seconds": set(),
     "vte_models_available": {"provider"},
+    "vte_cost_usd_total": {"model", "provider", "key"},
+    "vte_rate_limited_total": {"key", "scope", "kind"},
+    "vte_budget_spent_usd": {"key"},
     "vte_upstream_key_state": {"provider", "upstream_key", "state"},
     "vte_route_selections_total": {"route", "target"},
+    "vte_limits_store_errors_total": {"store"},
     "vte_circuit_breaker_state": {"route", "target", "state"},
     "vte_usage_estimated_total": {"provider"},
 }
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
-UNITS = {"s", "ms", "reqps", "ops", "short", "none", "percent", "percentunit", "dtdurations", "dateTimeFromNow"}
+UNITS = {"s", "ms", "reqps", "ops", "short", "none", "percent", "percentunit", "dtdurations", "dateTimeFromNow",
+         "currencyUSD"}
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +204,23 @@ def test_operational_panels(dashboard: dict[str, Any]) -> None:
     assert "time() - vte_config_last_reload_success_timestamp_seconds" in joined
     assert "sum by (result) (increase(vte_config_reloads_total" in joined
     assert "vte_models_available" in joined
+
+
+def test_panels_of_spend_limits_routes_keys_and_apis(dashboard: dict[str, Any]) -> None:
+    titles = {p["title"]: p for p in data_panels(dashboard)}
+    wanted = {
+        "Spend per hour by key and model": ("sum by (key, model) (increase(vte_cost_usd_total", "currencyUSD"),
+        "Budget spent this period by key": ("max by (key) (vte_budget_spent_usd", "currencyUSD"),
+        "Rate-limited requests by key, scope and kind": ("sum by (key, scope, kind) (rate(vte_rate_limited_total",
+                                                         "reqps"),
+        "Upstream keys by state": ("count by (provider, state) (vte_upstream_key_state", "short"),
+        "Upstream keys not ready": ("sum by (provider, upstream_key, state) (vte_upstream_key_state", "short"),
+        "Route selections by target": ("sum by (route, target) (rate(vte_route_selections_total", "reqps"),
+        "Limits store errors": ("sum by (store) (rate(vte_limits_store_errors_total", "ops"),
+    }
+    for title, (query, unit) in wanted.items():
+        assert title in titles, title
+        assert any(t["expr"].startswith(query) for t in titles[title]["targets"]), title
+        assert titles[title]["fieldConfig"]["defaults"]["unit"] == unit, title
+    apis = [t["expr"] for t in titles["Requests by API: Anthropic vs OpenAI"]["targets"]]
+    assert any('endpoint=~"messages.*"' in e for e in apis) and any('endpoint!~"messages.*"' in e for e in apis)

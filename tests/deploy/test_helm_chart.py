@@ -31,6 +31,7 @@ FULLNAME = "gw-vte-proxy"
 CONFIG_DIR = "/etc/vte-proxy"
 CONFIG_FILE = "/etc/vte-proxy/gateway.yaml"
 GATEWAY_DEFAULT_SHUTDOWN_GRACE = 30
+THREE_REPLICAS_EXAMPLE = CHART_DIR / "examples" / "three-replicas-redis.yaml"
 
 # The metric names of PRODUCT.md (histograms with their series suffixes).
 METRICS = {
@@ -278,6 +279,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "nodePort": {"service": {"type": "NodePort", "nodePort": 30850}},
+    "redisLimits": {"limits": {"store": "redis", "redis": {"existingSecret": "vte-redis"}}},
+    "threeReplicasRedisExample": yaml.safe_load(THREE_REPLICAS_EXAMPLE.read_text()),
     "imageDigest": {"image": {"repository": "registry.example/vte-proxy", "digest": "sha256:" + "a" * 64}},
     "everything": {
         "replicaCount": 2,
@@ -310,6 +313,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "serviceAccount": {"annotations": {"example.com/role": "vte"}},
         "tmpVolume": {"medium": "Memory"},
         "config": {"reloadStrategy": "rollout"},
+        "telemetry": {"enabled": True, "endpoint": "http://otel-collector.observability:4318",
+                      "headersSecret": {"name": "otlp", "key": "headers"},
+                      "resourceAttributes": {"deployment.environment.name": "prod"}},
     },
 }
 
@@ -436,6 +442,38 @@ def test_log_format_json_by_default(chart: helm_python.Chart) -> None:
     assert env["VTE_LOG_FORMAT"] == "json"
     env = {e["name"]: e.get("value") for e in container(render(chart, {"logging": {"format": "text"}}))["env"]}
     assert env["VTE_LOG_FORMAT"] == "text"
+
+
+def test_telemetry_is_off_by_default(chart: helm_python.Chart) -> None:
+    names = {e["name"] for e in container(render(chart))["env"]}
+    assert not {n for n in names if n.startswith("OTEL_")}
+
+
+def test_telemetry_sets_the_standard_otel_variables(chart: helm_python.Chart) -> None:
+    values = {"telemetry": {"enabled": True, "endpoint": "http://collector:4318", "sampleRatio": 0.25,
+                            "headersSecret": {"name": "otlp", "key": "headers"},
+                            "resourceAttributes": {"deployment.environment.name": "prod"}}}
+    chart.validate_schema(values)
+    env = {e["name"]: e for e in container(render(chart, values))["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://collector:4318"
+    assert env["OTEL_SERVICE_NAME"]["value"] == f"{RELEASE}-vte-proxy"
+    assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"] == {"secretKeyRef": {"name": "otlp", "key": "headers"}}
+    assert env["OTEL_RESOURCE_ATTRIBUTES"]["value"] == (
+        "k8s.pod.name=$(VTE_POD_NAME),k8s.namespace.name=$(VTE_POD_NAMESPACE),deployment.environment.name=prod")
+    names = list(env)  # Kubernetes expands $(VAR) only from variables defined before
+    assert names.index("VTE_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    named = {"telemetry": {"enabled": True, "endpoint": "http://c:4318", "serviceName": "gateway"}}
+    env = {e["name"]: e for e in container(render(chart, named))["env"]}
+    assert env["OTEL_SERVICE_NAME"]["value"] == "gateway" and "OTEL_EXPORTER_OTLP_HEADERS" not in env
+
+
+@pytest.mark.parametrize("bad", [{"enabled": True}, {"enabled": True, "endpoint": "collector:4318"},
+                                 {"endpoint": "http://user:pw@c:4318"}, {"sampleRatio": 2}, {"exporter": "grpc"}])
+def test_telemetry_mistakes_are_refused(chart: helm_python.Chart, bad: dict[str, Any]) -> None:
+    with pytest.raises(helm_python.HelmValuesError):
+        chart.validate_schema({"telemetry": bad})
 
 
 def test_no_secret_wiring_by_default(chart: helm_python.Chart) -> None:
@@ -869,3 +907,113 @@ def test_packaged_chart_keeps_the_dashboard(chart: helm_python.Chart, tmp_path: 
         assert json.loads(next(iter(configmap["data"].values())))["uid"] == "vte-proxy"
     finally:
         packaged.close()
+
+
+# --------------------------------------------------------------------------- limits store, Claude Code notes
+
+
+def env_of(docs: list[Doc]) -> dict[str, Doc]:
+    return {e["name"]: e for e in container(docs).get("env", [])}
+
+
+def gateway_of(docs: list[Doc]) -> Doc:
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap" and "gateway.yaml" in d["data"]]
+    loaded: Doc = yaml.safe_load(configmap["data"]["gateway.yaml"])
+    return loaded
+
+
+def notes(chart: helm_python.Chart, values: dict[str, Any] | None = None) -> str:
+    return next(t for p, t in render_raw(chart, values).items() if p.endswith("NOTES.txt"))
+
+
+def test_memory_store_by_default(chart: helm_python.Chart) -> None:
+    docs = render(chart)
+    assert "REDIS_URL" not in env_of(docs)
+    assert "limits" not in gateway_of(docs)
+
+
+def test_redis_store_takes_its_url_from_an_existing_secret(chart: helm_python.Chart) -> None:
+    values = {"limits": {"store": "redis", "redis": {"existingSecret": "vte-redis", "existingSecretKey": "url",
+                                                     "onError": "closed"}},
+              "config": {"gateway": {**chart.values["config"]["gateway"], "limits": {"rpm": 100}}}}
+    docs = render(chart, values)
+    assert env_of(docs)["REDIS_URL"] == {"name": "REDIS_URL",
+                                         "valueFrom": {"secretKeyRef": {"name": "vte-redis", "key": "url"}}}
+    # the gateway's own limits are kept; the store and the URL reference are added
+    assert gateway_of(docs)["limits"] == {"rpm": 100, "store": "redis",
+                                          "redis": {"url": "${REDIS_URL}", "on_error": "closed"}}
+    assert "redis://" not in json.dumps(docs), "the URL (with its password) stays in the Secret"
+
+
+def test_redis_store_needs_the_secret(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmError, match=r"limits\.redis\.existingSecret"):
+        render(chart, {"limits": {"store": "redis"}})
+
+
+def test_redis_store_with_a_string_config_must_reference_the_url(chart: helm_python.Chart) -> None:
+    values = {"limits": {"store": "redis", "redis": {"existingSecret": "r"}}, **SCENARIOS["stringConfig"]}
+    with pytest.raises(helm_python.HelmError, match="REDIS_URL"):
+        render(chart, values)
+    text = values["config"]["gateway"] + 'limits: {store: redis, redis: {url: "${REDIS_URL}"}}\n'
+    docs = render(chart, {**values, "config": {"gateway": text}})
+    assert gateway_of(docs)["limits"]["redis"]["url"] == "${REDIS_URL}"
+    assert "REDIS_URL" in env_of(docs)
+
+
+def test_rendered_redis_config_passes_vte_proxy_check(chart: helm_python.Chart, tmp_path: Path) -> None:
+    """With limits.store=redis the gateway accepts the limits block the chart adds."""
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(gateway_of(render(chart, SCENARIOS["redisLimits"]))))
+    env = {**os.environ, "VTE_DEMO_KEY": "demo-key-for-check", "REDIS_URL": "redis://:Sup3rSecretPW@redis-master:6379/0"}
+    result = subprocess.run([sys.executable, "-m", "vte_proxy", "check", str(config_file)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Sup3rSecretPW" not in result.stdout + result.stderr
+
+
+def test_schema_knows_the_limits_store(chart: helm_python.Chart) -> None:
+    for bad in ({"limits": {"store": "etcd"}}, {"limits": {"redis": {"onError": "maybe"}}},
+                {"limits": {"redis": {"url": "redis://x"}}}):
+        with pytest.raises(helm_python.HelmValuesError):
+            chart.validate_schema(bad)
+
+
+def test_notes_warn_about_per_pod_limits_with_replicas(chart: helm_python.Chart) -> None:
+    assert "N times" not in notes(chart)
+    assert "N times" in notes(chart, {"replicaCount": 3})
+    assert "N times" in notes(chart, {"autoscaling": {"enabled": True}})
+    assert "N times" not in notes(chart, {"replicaCount": 3, **SCENARIOS["redisLimits"]})
+
+
+def test_notes_tell_how_to_point_claude_code_at_the_gateway(chart: helm_python.Chart) -> None:
+    text = notes(chart)
+    assert f"export ANTHROPIC_BASE_URL=http://{FULLNAME}.{NAMESPACE}.svc:8050\n" in text
+    assert "export ANTHROPIC_AUTH_TOKEN=<client key>" in text
+    assert "export ANTHROPIC_BASE_URL=https://llm.example.com\n" in notes(chart, SCENARIOS["ingress"])
+
+
+def test_three_replicas_redis_example(chart: helm_python.Chart) -> None:
+    values = SCENARIOS["threeReplicasRedisExample"]
+    docs = render(chart, values)
+    assert deployment(docs)["spec"]["replicas"] == 3
+    assert only(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    assert env_of(docs)["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "vte-proxy-redis", "key": "redis-url"}
+    gateway = gateway_of(docs)
+    assert gateway["limits"]["store"] == "redis" and gateway["limits"]["redis"]["url"] == "${REDIS_URL}"
+    assert all("limits" in key and "budget" in key for key in gateway["keys"])
+    assert {p["type"] for p in gateway["providers"]} == {"openai", "anthropic"}
+    assert {"ServiceMonitor", "PrometheusRule", "Ingress"} <= set(kinds(docs))
+
+
+def test_three_replicas_redis_example_passes_vte_proxy_check(chart: helm_python.Chart, tmp_path: Path) -> None:
+    """The example's gateway.yaml (limits, budgets, prices, an anthropic provider, Redis) is valid."""
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(gateway_of(render(chart, SCENARIOS["threeReplicasRedisExample"]))))
+    secrets = {name: f"value-of-{name.lower()}" for name in
+               ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TEAM_A_KEY", "CLAUDE_CODE_KEY")}
+    env = {**os.environ, **secrets, "REDIS_URL": "redis://:Sup3rSecretPW@redis-master.llm.svc:6379/0"}
+    result = subprocess.run([sys.executable, "-m", "vte_proxy", "check", str(config_file)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "claude/claude-sonnet-4-5" in result.stdout
+    assert not any(secret in result.stdout + result.stderr for secret in [*secrets.values(), "Sup3rSecretPW"])

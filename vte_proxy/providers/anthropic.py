@@ -29,7 +29,7 @@ from vte_proxy.anthropic.errors import ERROR_TYPES
 from vte_proxy.anthropic.to_messages import without_unsigned_thinking
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
-from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.providers.base import TRACE_HEADERS, Answer, Call, JsonAnswer, Provider, StreamAnswer
 from vte_proxy.providers.translated import Feed, translated_events
 from vte_proxy.sse import split_events
 from vte_proxy.upstream import ConnectorFactory, Upstream
@@ -37,7 +37,8 @@ from vte_proxy.upstream import ConnectorFactory, Upstream
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2023-06-01"
 NATIVE_ENDPOINTS = ("messages", "messages/count_tokens")
-CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
+# The client's Anthropic headers, and the W3C trace context (the attempt's span when tracing is on).
+CLIENT_HEADERS = ("anthropic-version", "anthropic-beta", *TRACE_HEADERS)
 _STATUS_BY_TYPE = {kind: status for status, kind in ERROR_TYPES.items()}
 _MAX_MODEL_PAGES = 20
 

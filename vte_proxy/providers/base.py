@@ -31,6 +31,15 @@ MESSAGES_ENDPOINTS = ("messages", "messages/count_tokens")
 EventBatches = AsyncGenerator[list[bytes], None]
 
 
+# The W3C trace context: every provider sends it upstream (call.headers has the attempt's).
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def trace_context(headers: dict[str, str]) -> dict[str, str]:
+    """The W3C trace-context headers among ``headers`` (for upstreams that get no other client header)."""
+    return {name: headers[name] for name in TRACE_HEADERS if name in headers}
+
+
 @dataclass(slots=True)
 class Call:
     endpoint: str                 # one of ENDPOINTS or MESSAGES_ENDPOINTS

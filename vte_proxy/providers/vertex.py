@@ -19,7 +19,7 @@ from urllib.parse import quote
 import orjson
 
 from vte_proxy.config import ProviderConfig
-from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer
+from vte_proxy.providers.base import Answer, Call, JsonAnswer, Provider, StreamAnswer, trace_context
 from vte_proxy.providers.translated import translated_events
 from vte_proxy.providers.vertex_mapping import GeminiStreamTranslator, chat_to_gemini, gemini_error, gemini_to_chat
 from vte_proxy.upstream import ConnectorFactory, Upstream
@@ -68,8 +68,10 @@ class VertexExpressProvider(Provider):
         self.check_endpoint(call.endpoint)
         body = orjson.dumps(chat_to_gemini(call.body))  # 400 before any network for untranslatable bodies
         model = call.target.upstream_model
-        response = await self.upstream.send("POST", self._url(model, call.stream),
-                                            self._stream_headers if call.stream else self._headers, body,
+        headers = self._stream_headers if call.stream else self._headers
+        if call.headers:  # only the trace context: the OpenAI client headers mean nothing to Google
+            headers = {**trace_context(call.headers), **headers}
+        response = await self.upstream.send("POST", self._url(model, call.stream), headers, body,
                                             shaper=gemini_error)
         if call.stream:
             translator = GeminiStreamTranslator(model, _response_id(), int(time.time()), provider=self.name)

@@ -119,7 +119,15 @@ The gateway.yaml document: config.gateway as a string (verbatim) or a mapping (t
 {{- if kindIs "string" .Values.config.gateway }}
 {{- .Values.config.gateway }}
 {{- else }}
-{{- toYaml .Values.config.gateway }}
+{{- $gateway := deepCopy .Values.config.gateway }}
+{{- if eq .Values.limits.store "redis" }}
+{{- /* limits.store=redis: the counters live in Redis, whose URL comes from the pod environment. */}}
+{{- $limits := get $gateway "limits" | default dict }}
+{{- $_ := set $limits "store" "redis" }}
+{{- $_ := set $limits "redis" (dict "url" "${REDIS_URL}" "on_error" .Values.limits.redis.onError) }}
+{{- $_ := set $gateway "limits" $limits }}
+{{- end }}
+{{- toYaml $gateway }}
 {{- end }}
 {{- end }}
 
@@ -162,6 +170,14 @@ PromQL selector for this release's series (prometheusRule.selector or job + name
 Checks that values cannot express in values.schema.json.
 */}}
 {{- define "vte-proxy.validateValues" -}}
+{{- if eq .Values.limits.store "redis" }}
+{{- if not .Values.limits.redis.existingSecret }}
+{{- fail "limits.store=redis needs limits.redis.existingSecret: a Secret holding the Redis URL (it becomes REDIS_URL)" }}
+{{- end }}
+{{- if and (kindIs "string" .Values.config.gateway) (not .Values.config.existingConfigMap) (not (contains "${REDIS_URL}" .Values.config.gateway)) }}
+{{- fail "limits.store=redis with config.gateway as a string: add limits: {store: redis, redis: {url: \"${REDIS_URL}\"}} to it" }}
+{{- end }}
+{{- end }}
 {{- if and .Values.config.existingConfigMap (eq .Values.config.reloadStrategy "rollout") }}
 {{- fail "config.reloadStrategy=rollout needs the chart-managed ConfigMap: with config.existingConfigMap use hotReload (or restart the pods yourself, e.g. with Reloader)" }}
 {{- end }}
@@ -174,4 +190,40 @@ Checks that values cannot express in values.schema.json.
 {{- if le $termination (add $preStop $grace) }}
 {{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must exceed shutdown.preStopSleepSeconds (%d) + server.shutdown_grace (%ds), or Kubernetes kills streams that are still draining" $termination $preStop $grace) }}
 {{- end }}
+{{- end }}
+
+{{/*
+OpenTelemetry: the standard OTEL_* variables of the gateway container (telemetry.enabled).
+*/}}
+{{- define "vte-proxy.telemetryEnv" -}}
+{{- $t := .Values.telemetry -}}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ required "telemetry.endpoint is required when telemetry.enabled is true" $t.endpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ $t.serviceName | default (include "vte-proxy.fullname" .) | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.sampleRatio | toString | quote }}
+{{- if $t.headersSecret.name }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $t.headersSecret.name | quote }}
+      key: {{ required "telemetry.headersSecret.key is required with telemetry.headersSecret.name" $t.headersSecret.key | quote }}
+{{- end }}
+- name: VTE_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: VTE_POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- $attributes := list "k8s.pod.name=$(VTE_POD_NAME)" "k8s.namespace.name=$(VTE_POD_NAMESPACE)" }}
+{{- range $k, $v := $t.resourceAttributes }}
+{{- $attributes = append $attributes (printf "%s=%s" $k (toString $v)) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attributes | quote }}
 {{- end }}
