@@ -34,6 +34,7 @@ AREAS = [
     ("vte_proxy.exchange/pipeline (dispatch)", "vte_proxy/exchange.py"),
     ("vte_proxy.pipeline", "vte_proxy/pipeline.py"),
     ("vte_proxy.shaping (pass-through)", "vte_proxy/shaping.py"),
+    ("vte_proxy.stream_watcher (pass-through, StreamWatcher)", "vte_proxy/stream_watcher.py"),
     ("vte_proxy.sse (split, StreamWatcher)", "vte_proxy/sse.py"),
     ("vte_proxy.upstream (Upstream.send, iter_bytes)", "vte_proxy/upstream.py"),
     ("vte_proxy.providers (openai body/headers)", "vte_proxy/providers/"),

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 
 from vte_proxy import __version__
-from vte_proxy.config import GatewayConfig, LimitSet, ServerConfig
+from vte_proxy.config import GatewayConfig, ServerConfig
+from vte_proxy.config_limits import LimitSet
 from vte_proxy.loader import ConfigError, LoadedConfig, load_config
 from vte_proxy.routing import Entry
 from vte_proxy.settings import Settings

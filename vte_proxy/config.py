@@ -1,5 +1,10 @@
 """The schema of gateway.yaml: immutable, validated pydantic models.
 
+This module holds the root (:class:`GatewayConfig`) with keys, providers and routes; the
+limits, budgets and prices live in :mod:`vte_proxy.config_limits`, the traces' settings in
+:mod:`vte_proxy.config_telemetry`, and the shared base model and ``Duration`` in
+:mod:`vte_proxy.config_base`.
+
 A :class:`GatewayConfig` is a value: it is built once by :func:`vte_proxy.loader.load_config`,
 never mutated, and replaced as a whole on reload.
 """
@@ -10,121 +15,18 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, SecretStr, WithJsonSchema, field_validator, model_validator
+
+from vte_proxy.config_base import Duration, Frozen
+from vte_proxy.config_limits import BudgetConfig, LimitsConfig, LimitSet, Price
+from vte_proxy.config_telemetry import TelemetryConfig
 
 StreamMode = Literal["auto", "force_stream", "force_non_stream"]
 ProviderType = Literal["openai", "anthropic", "vertex-express", "echo"]
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 
 
-def parse_duration(value: Any) -> Any:
-    """``5s``, ``250ms``, ``10m``, ``1h`` or a number of seconds -> seconds as a float."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 30s, 250ms, 10m or a number of seconds")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError("expected a duration like 30s, 250ms, 10m or a number of seconds")
-
-
-_DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0},
-                              {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"}],
-                    "description": "A duration: 30s, 250ms, 10m, 1h, or a number of seconds."}
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0), WithJsonSchema(_DURATION_SCHEMA)]
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LimitSet(_Frozen):
-    """Caps for one scope (a key, a model, a provider, the whole gateway); each is optional."""
-
-    rpm: int | None = Field(None, ge=1, description="Requests per minute (fixed 60 s windows).")
-    tpm: int | None = Field(None, ge=1, description="Tokens (input + output) per minute (fixed 60 s windows).")
-    concurrency: int | None = Field(None, ge=1, description="Requests in flight at once.")
-
-    def given(self) -> bool:
-        return self.rpm is not None or self.tpm is not None or self.concurrency is not None
-
-
-class BudgetConfig(_Frozen):
-    """Spend cap of a key in USD per calendar period (UTC); priced from ``prices``."""
-
-    usd: float = Field(gt=0, description="USD the key may spend per period.")
-    period: Literal["day", "week", "month", "total"] = Field(
-        "month", description="day | week (from Monday) | month | total (never rolls over); UTC.")
-
-
-class Price(_Frozen):
-    """USD per 1M tokens."""
-
-    input: float = Field(ge=0, description="USD per 1M prompt tokens.")
-    output: float = Field(ge=0, description="USD per 1M completion tokens.")
-    cached_input: float | None = Field(None, ge=0, description="USD per 1M cached prompt tokens (default: input).")
-
-
-class LimitRule(LimitSet):
-    """Limits of every exposed model that ``model`` (a name or glob) matches; each model counts on its own."""
-
-    model: str = Field(min_length=1, description="Exposed model name or glob; the first matching rule applies.")
-
-    @model_validator(mode="after")
-    def _some_limit(self) -> LimitRule:
-        if not self.given():
-            raise ValueError("give at least one of rpm, tpm, concurrency")
-        return self
-
-
-class RedisConfig(_Frozen):
-    """Where the shared counters live when ``limits.store`` is ``redis``."""
-
-    url: SecretStr = Field(description="redis://[:password@]host:port/db or rediss://...; usually ${REDIS_URL}.")
-    on_error: Literal["open", "closed"] = Field(
-        "open", description="Redis unreachable: open serves without limits, closed answers 503.")
-    timeout: Duration = Field(0.1, gt=0, le=5, description="Timeout of each Redis call (e.g. 100ms).")
-    prefix: str = Field("vte:", pattern=r"^[A-Za-z0-9_.:{}-]*$", description="Prefix of every Redis key.")
-
-    @field_validator("url")
-    @classmethod
-    def _redis_url(cls, v: SecretStr) -> SecretStr:
-        if urlsplit(v.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return v
-
-
-class LimitsConfig(LimitSet):
-    """Gateway-wide caps, per-model rules, and where the counters live."""
-
-    rules: tuple[LimitRule, ...] = Field((), description="Per-model limits by exposed name or glob.")
-    store: Literal["memory", "redis"] = Field(
-        "memory", description="memory: exact within one process; redis: shared by every worker and replica.")
-    redis: RedisConfig | None = None
-    lease: Duration = Field(900.0, gt=0, description="Longest a concurrency slot is held if a replica dies.")
-
-    @model_validator(mode="after")
-    def _redis_given(self) -> LimitsConfig:
-        if self.store == "redis" and self.redis is None:
-            raise ValueError("limits.redis: required when store is redis (give at least url)")
-        return self
-
-
-class SystemPrompt(_Frozen):
+class SystemPrompt(Frozen):
     """A system prompt the gateway puts into chat and Messages requests.
 
     ``prepend`` puts ``text`` before the client's own system prompt (or is the only one when
@@ -135,7 +37,7 @@ class SystemPrompt(_Frozen):
     mode: Literal["prepend", "replace"] = "prepend"
 
 
-class ErrorReply(_Frozen):
+class ErrorReply(Frozen):
     """Replace the message of the errors clients see that match ``status`` and/or ``code``."""
 
     status: int | None = Field(None, ge=400, le=599, description="HTTP status to match.")
@@ -149,7 +51,7 @@ class ErrorReply(_Frozen):
         return self
 
 
-class KeyConfig(_Frozen):
+class KeyConfig(Frozen):
     """A client key. The key itself never appears in logs, metrics or pages; ``name`` does."""
 
     name: str = Field(pattern=_NAME, description="Shown in logs and metrics.")
@@ -172,21 +74,21 @@ class KeyConfig(_Frozen):
         return self
 
 
-class Timeouts(_Frozen):
+class Timeouts(Frozen):
     connect: Duration = Field(10.0, description="TCP/TLS connect.")
     first_byte: Duration = Field(60.0, description="Until the response headers; 504 beyond.")
     idle: Duration = Field(120.0, description="Longest silence inside a stream.")
     total: Duration | None = Field(None, description="Whole request including the stream; none by default.")
 
 
-class Discover(_Frozen):
+class Discover(Frozen):
     enabled: bool = False
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     interval: Duration = Field(600.0, gt=0)
 
 
-class UpstreamKey(_Frozen):
+class UpstreamKey(Frozen):
     """One key of a provider's pool; only ``name`` is ever shown (metrics, status, probe)."""
 
     name: str = Field(pattern=_NAME, description="Shown in metrics, the status page and probe.")
@@ -213,7 +115,7 @@ def _url_error(v: str, what: str) -> str | None:
     return None
 
 
-class ProviderConfig(_Frozen):
+class ProviderConfig(Frozen):
     name: str = Field(pattern=_NAME)
     type: ProviderType
     base_url: str | None = Field(None, description="API root, e.g. https://api.openai.com/v1 "
@@ -303,7 +205,7 @@ class ProviderConfig(_Frozen):
         return self
 
 
-class RouteTarget(_Frozen):
+class RouteTarget(Frozen):
     """A route target: an exposed model name and its weight (``weighted`` strategy)."""
 
     model: str = Field(min_length=1)
@@ -324,7 +226,7 @@ Target = Annotated[RouteTarget, BeforeValidator(_target), WithJsonSchema(_TARGET
 Strategy = Literal["fallback", "weighted", "least_busy", "latency"]
 
 
-class Breaker(_Frozen):
+class Breaker(Frozen):
     """A circuit breaker per target of a route: after ``failures`` consecutive failures the
     target is skipped for ``pause``, then one probe request decides (success closes it)."""
 
@@ -332,7 +234,7 @@ class Breaker(_Frozen):
     pause: Duration = Field(30.0, gt=0, description="How long an open circuit skips the target before a probe.")
 
 
-class RouteConfig(_Frozen):
+class RouteConfig(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
     strategy: Strategy = Field("fallback", description="fallback: in order; weighted: random by weight; "
                                "least_busy: fewest in flight; latency: power of two choices over a peak-EWMA "
@@ -345,7 +247,7 @@ class RouteConfig(_Frozen):
         return tuple(t.model for t in self.targets)
 
 
-class CorsConfig(_Frozen):
+class CorsConfig(Frozen):
     allow_origins: tuple[str, ...] = Field((), description="Origins browser pages may call from; \"*\" for any.")
     allow_headers: tuple[str, ...] | None = Field(
         None, description="Request headers a preflight allows. Unset: the headers the browser asks for "
@@ -353,7 +255,7 @@ class CorsConfig(_Frozen):
     max_age: int = Field(600, ge=0, description="Seconds a browser may cache a preflight answer.")
 
 
-class ServerConfig(_Frozen):
+class ServerConfig(Frozen):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_concurrency: int = Field(1000, ge=1)
     shutdown_grace: Duration = 30.0
@@ -361,52 +263,11 @@ class ServerConfig(_Frozen):
     header_timeout: Duration = Field(10.0, description="Longest a client may take to send its request headers.")
 
 
-class MetricsConfig(_Frozen):
+class MetricsConfig(Frozen):
     auth: bool = False
 
 
-class TelemetryConfig(_Frozen):
-    """OpenTelemetry traces, exported over OTLP/HTTP (protobuf). Every field left out is taken
-    from the standard ``OTEL_*`` environment variables (the file wins where both are set)."""
-
-    enabled: bool | None = Field(None, description="Default: on when an endpoint is set here or in "
-                                 "OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.")
-    otlp_endpoint: str | None = Field(None, description="The collector's OTLP/HTTP base URL, e.g. "
-                                      "http://otel-collector:4318 (/v1/traces is appended unless given).")
-    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Headers of every export request "
-                                          "(e.g. a token: ${OTLP_TOKEN}); merged over OTEL_EXPORTER_OTLP_HEADERS.")
-    sample_ratio: float | None = Field(None, ge=0, le=1, description="Share of new traces recorded (a client's "
-                                       "sampled flag is followed). Default 1, or OTEL_TRACES_SAMPLER_ARG.")
-    service_name: str | None = Field(None, min_length=1, description="service.name of the spans. Default: "
-                                     "OTEL_SERVICE_NAME, else vte-proxy.")
-
-    @field_validator("otlp_endpoint")
-    @classmethod
-    def _endpoint(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        # The message never quotes the value; credentials belong in headers, where they stay secret.
-        try:
-            parts = urlsplit(v)
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("must be an http:// or https:// URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
-            raise ValueError("must be an http:// or https:// URL")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not hold credentials: put them in telemetry.headers")
-        return v
-
-    @field_validator("headers")
-    @classmethod
-    def _header_names(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name in v:
-            if not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", name):
-                raise ValueError(f"invalid header name {name!r}")
-        return v
-
-
-class GatewayConfig(_Frozen):
+class GatewayConfig(Frozen):
     """The whole of gateway.yaml."""
 
     version: Literal[1]

@@ -38,7 +38,8 @@ from vte_proxy.state import GatewayState
 from vte_proxy.usage_estimate import KEEP_BYTES
 
 if TYPE_CHECKING:  # the SDK side of tracing is imported only when tracing is on
-    from vte_proxy.tracing_sdk import RequestSpan, Tracer
+    from vte_proxy.tracing_sdk import Tracer
+    from vte_proxy.tracing_spans import RequestSpan
 
 JSON = (b"content-type", b"application/json")
 # Endpoints whose answers are text a usage estimate can count (embeddings report their own).

@@ -32,7 +32,7 @@ from vte_proxy.state import GatewayState
 from vte_proxy.tracing import KEY_TRIES
 
 if TYPE_CHECKING:  # the SDK side of tracing is imported only when tracing is on
-    from vte_proxy.tracing_sdk import AttemptSpan, RequestSpan
+    from vte_proxy.tracing_spans import AttemptSpan, RequestSpan
 
 log = logging.getLogger("vte_proxy.pipeline")
 

@@ -23,10 +23,11 @@ from vte_proxy import metrics
 from vte_proxy.auth import KeyRing
 from vte_proxy.balancing import BREAKER_STATES, Balancer
 from vte_proxy.config import GatewayConfig, StreamMode
+from vte_proxy.config_yaml import read_config
 from vte_proxy.keypool import STATES as KEY_STATES
 from vte_proxy.limits import Limiter, Stores
 from vte_proxy.limits.observe import LimitMetrics
-from vte_proxy.loader import ConfigError, LoadedConfig, config_hash, load_config, read_config
+from vte_proxy.loader import ConfigError, LoadedConfig, config_hash, load_config
 from vte_proxy.providers import build_provider
 from vte_proxy.providers.base import Provider
 from vte_proxy.routing import RoutingError, RoutingTable, build_routing

@@ -3,7 +3,8 @@
 :class:`Tracing` holds the tracer of the current config. ``Tracing.current`` is ``None``
 while tracing is off, and then nothing else happens: the request path tests that one
 attribute, creates no span object and never imports ``opentelemetry`` (the SDK is imported
-by :mod:`vte_proxy.tracing_sdk`, and only when a config turns tracing on).
+by :mod:`vte_proxy.tracing_sdk` and the modules it imports, and only when a config turns
+tracing on).
 
 What turns it on, field by field (the file wins; the standard environment variables fill the
 fields the file leaves out):
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
-from vte_proxy.config import TelemetryConfig
+from vte_proxy.config_telemetry import TelemetryConfig
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is on
     from vte_proxy.tracing_sdk import Tracer

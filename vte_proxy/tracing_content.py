@@ -1,5 +1,5 @@
 """Prompts and completions as the GenAI semantic conventions record them, for the trace spans
-of keys with ``trace_content: true`` (:mod:`vte_proxy.tracing_sdk`).
+of keys with ``trace_content: true`` (:mod:`vte_proxy.tracing_spans`).
 
 ``gen_ai.input.messages`` and ``gen_ai.output.messages`` are JSON arrays of
 ``{"role", "parts": [{"type": "text", "content"} | {"type": "tool_call", "id", "name",

@@ -2,7 +2,8 @@
 
 It owns one pooled ``aiohttp.ClientSession`` per provider, applies the provider's timeouts
 and maps every transport failure to :class:`~vte_proxy.errors.UpstreamError`, whose message
-never holds a URL, a header or a key.
+never holds a URL, a header or a key (those maps are in :mod:`vte_proxy.upstream_errors`; the
+provider's secrets and their removal in :mod:`vte_proxy.redaction`).
 
 Why aiohttp and not httpx here: the profile and A/B figures in docs/performance.md show that
 the httpx layer (``AsyncClient.send`` with its auth/cookie/redirect machinery, request and
@@ -15,25 +16,29 @@ patching anything.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiohttp
-import orjson
 from yarl import URL
 
 from vte_proxy import metrics
 from vte_proxy.config import ProviderConfig
 from vte_proxy.errors import UpstreamError
 from vte_proxy.keypool import STATES, KeyPool, PoolKey, parse_retry_after
+from vte_proxy.redaction import Redactor, provider_secrets
 from vte_proxy.tracing import KEY_TRIES
+from vte_proxy.upstream_errors import (
+    ErrorShaper,
+    error_from_response,
+    parse_json_object,
+    passed_headers,
+    pool_exhausted,
+    transport_error,
+)
 
 log = logging.getLogger("vte_proxy.upstream")
 
@@ -51,152 +56,11 @@ def default_connector(provider: ProviderConfig) -> aiohttp.BaseConnector:
                                 keepalive_timeout=KEEPALIVE_TIMEOUT, ttl_dns_cache=300)
 
 
-def provider_secrets(provider: ProviderConfig) -> list[str]:
-    """Everything in a provider's config that may be a credential: its keys (one or a pool),
-    header values, the outbound proxy's URL and password, and the userinfo of its base_url and
-    proxy (``user:password@``, also as the Basic-auth base64 sent upstream)."""
-    secrets = _userinfo_secrets(provider.base_url or "")
-    if provider.proxy is not None:
-        secrets += _userinfo_secrets(provider.proxy.get_secret_value())
-    secrets += [v for v in provider.headers.values() if len(v) >= 8]
-    if provider.api_key:
-        secrets.append(provider.api_key.get_secret_value())
-    secrets.extend(k.key.get_secret_value() for k in provider.api_keys or ())
-    if provider.proxy is not None:
-        url = URL(provider.proxy.get_secret_value())
-        secrets.append(str(url))
-        if url.password:
-            secrets.append(url.password)
-    return secrets
-
-
-def _userinfo_secrets(url: str) -> list[str]:
-    """A URL's credentials in every form they may show up in, longest first (so a whole
-    ``user:password`` is redacted before its password alone)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return []
-    raw_user, _, raw_password = parts.netloc.rpartition("@")[0].partition(":")
-    user, password = unquote(raw_user), unquote(raw_password)
-    forms = {f"{raw_user}:{raw_password}", f"{user}:{password}",
-             base64.b64encode(f"{user}:{password}".encode("latin-1", "replace")).decode(),
-             base64.b64encode(f"{user}:{password}".encode()).decode()}
-    # With a password the user name is an account name; without one it is the credential.
-    forms |= {raw_password, password} if password else {raw_user, user}
-    return sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
-
-
 def outbound_proxy(provider: ProviderConfig) -> URL | None:
     """The provider's outbound proxy. aiohttp turns credentials in it into Proxy-Authorization
     (on each plain-http request, on the CONNECT of an https one); transport errors are mapped
     by exception class only (:meth:`Upstream.send`), so the URL never reaches a message."""
     return None if provider.proxy is None else URL(provider.proxy.get_secret_value())
-
-
-class Redactor:
-    """Removes a provider's secrets from text that may reach a client or a log."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        self._secrets = [s.encode() for s in secrets if s and len(s) >= 4]
-
-    def bytes(self, data: bytes) -> bytes:
-        for s in self._secrets:
-            if s in data:
-                data = data.replace(s, b"[redacted]")
-        return data
-
-
-# Upstream answer headers a client gets back: the request id the SDKs report (``_request_id``)
-# and the upstream's rate-limit state. Nothing else: never hop-by-hop or credential headers.
-PASSED_HEADERS = ("x-request-id",)
-PASSED_PREFIX = "x-ratelimit-"
-_MAX_HEADER_VALUE = 256
-_DIGITS = re.compile(r"^[0-9]{1,9}$")
-
-
-def _printable(value: str) -> bool:
-    return len(value) <= _MAX_HEADER_VALUE and value.isascii() and value.isprintable()
-
-
-def valid_retry_after(value: str) -> bool:
-    """A Retry-After a client may be given: delay-seconds or an HTTP-date (RFC 9110); anything
-    else (a non-ASCII or control byte, a word) is dropped rather than passed on."""
-    if _DIGITS.match(value):
-        return True
-    if not _printable(value):
-        return False
-    try:
-        return parsedate_to_datetime(value) is not None
-    except (TypeError, ValueError, IndexError):
-        return False
-
-
-def passed_headers(headers: Mapping[str, str], redactor: Redactor, retry_after: bool = False) -> dict[str, str]:
-    """The upstream answer headers passed back to the client (``retry-after`` too for errors),
-    each a short printable value without a secret of the provider in it."""
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in PASSED_HEADERS or lower.startswith(PASSED_PREFIX):
-            ok = _printable(value)
-        elif lower == "retry-after" and retry_after:
-            ok = valid_retry_after(value)
-        else:
-            continue
-        if ok and redactor.bytes(value.encode()) == value.encode():
-            out[lower] = value
-    return out
-
-
-# Shapes an upstream's (non-2xx, redacted) error body: (status, OpenAI-shaped error object).
-ErrorShaper = Callable[[int, bytes], tuple[int, dict[str, Any]]]
-
-
-def transport_error(provider: str, exc: BaseException, *, started: bool, first_byte: float | None = None,
-                    reason: str | None = None) -> UpstreamError:
-    """The one map from an aiohttp/asyncio/OS failure to the gateway's upstream error.
-
-    ``started``: the response headers had arrived (the failure is inside the body). The
-    message never holds a URL, a header or a key, only the exception's class name.
-    """
-    if started:
-        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-            return UpstreamError(provider, 504, f"provider {provider!r} went silent for longer than its idle "
-                                 "timeout", reason or "idle")
-        return UpstreamError(provider, 502, f"provider {provider!r} broke the connection mid-answer "
-                             f"({exc.__class__.__name__})", reason or "truncated")
-    # Subclasses first: aiohttp's timeouts are TimeoutErrors too.
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        message, status, why = f"could not connect to provider {provider!r} (timeout)", 502, "connect"
-    elif isinstance(exc, aiohttp.ServerTimeoutError):
-        message, status, why = f"provider {provider!r} did not answer in time", 504, "timeout"
-    elif isinstance(exc, TimeoutError):
-        message, status, why = f"provider {provider!r} did not answer within {first_byte or 0:g}s", 504, "timeout"
-    else:
-        message, status = f"could not connect to provider {provider!r} ({exc.__class__.__name__})", 502
-        why = "connect"
-    return UpstreamError(provider, status, message, reason or why, retryable=True, answered=False)
-
-
-async def error_from_response(response: UpstreamResponse, shaper: ErrorShaper | None = None,
-                              reason: str | None = None) -> UpstreamError:
-    """The one map from an upstream's error response (non-2xx) to the gateway's upstream error.
-
-    Without ``shaper`` the upstream's own JSON error body is passed through (secrets removed);
-    a non-JSON body gets an OpenAI-shaped one. A ``shaper`` translates a foreign error shape.
-    """
-    provider, status = response.provider, response.status
-    body = await response.error_body()
-    headers = response.passed_headers(retry_after=True) or None
-    retryable = status == 429 or status >= 500
-    if shaper is not None:
-        shown, obj = shaper(status, body)
-        error: dict[str, Any] = obj["error"]
-        return UpstreamError(provider, shown, str(error["message"]), reason or "status", retryable=retryable,
-                             code=error.get("code"), body=orjson.dumps(obj), headers=headers)
-    passthrough = body if body[:1] == b"{" else None
-    return UpstreamError(provider, status, f"provider {provider!r} answered HTTP {status}", reason or "status",
-                         retryable=retryable, body=passthrough, headers=headers)
 
 
 class UpstreamResponse:
@@ -271,18 +135,6 @@ class UpstreamResponse:
             await self.aclose()
 
 
-def parse_json_object(provider: str, raw: bytes, reason: str = "protocol") -> dict[str, Any]:
-    """``raw`` as a JSON object; 502 ``reason`` when it is not one."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(provider, 502, f"provider {provider!r} answered with invalid JSON", reason) from None
-    if not isinstance(body, dict):
-        raise UpstreamError(provider, 502, f"provider {provider!r} answered with a JSON {type(body).__name__}, "
-                            "not an object", reason)
-    return body
-
-
 async def _queued(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
     ctx.trace_request_ctx["queued"] = True
 
@@ -297,14 +149,6 @@ def _pool_trace() -> aiohttp.TraceConfig:
     trace.on_connection_queued_start.append(_queued)
     trace.on_connection_queued_end.append(_dequeued)
     return trace
-
-
-def pool_exhausted(provider: str, size: int) -> UpstreamError:
-    """All of a provider's pooled connections stayed busy for longer than its connect timeout:
-    the gateway is overloaded towards it (503, never a fall-over: another target would not be
-    less busy because of this provider's pool)."""
-    return UpstreamError(provider, 503, f"all {size} connections to provider {provider!r} are busy, retry later",
-                         "pool", code="overloaded", headers={"retry-after": "1"})
 
 
 # How a provider type sends its key: the headers for one key value.

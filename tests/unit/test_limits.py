@@ -14,7 +14,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vte_proxy.config import GatewayConfig, Price
+from vte_proxy.config import GatewayConfig
+from vte_proxy.config_limits import Price
 from vte_proxy.errors import GatewayError
 from vte_proxy.limits import Estimate, Limiter, LimitExceeded, PriceBook, Stores, Usage, estimate
 from vte_proxy.limits.memory_store import MemoryStore

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from vte_proxy import loader
-from vte_proxy.config import parse_duration
-from vte_proxy.loader import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES, ConfigError, ConfigIssue, load_config, parse_config
+from vte_proxy import config_yaml
+from vte_proxy.config_base import parse_duration
+from vte_proxy.config_yaml import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES, ConfigError, ConfigIssue
+from vte_proxy.loader import load_config, parse_config
 
 ENV = {"TEAM_KEY": "sk-team-from-env", "UP_KEY": "sk-upstream-from-env"}
 
@@ -358,7 +359,7 @@ def test_a_recursive_alias_is_a_located_error(text: str) -> None:
 
 
 def test_a_recursion_error_never_escapes_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loader, "MAX_DEPTH", 10**9)  # as if the nesting limit were missed
+    monkeypatch.setattr(config_yaml, "MAX_DEPTH", 10**9)  # as if the nesting limit were missed
     text = BASE + "deep: " + "[" * 1500 + "]" * 1500 + "\n"
     assert only(issues_of(text)).message == "the file nests too deeply to be read"
 
@@ -376,9 +377,9 @@ def test_a_config_larger_than_1_mib_is_refused_before_it_is_parsed(tmp_path: Pat
 
 
 def test_a_config_of_exactly_the_size_limit_is_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loader, "MAX_CONFIG_BYTES", len(BASE.encode()) + 100)  # 1 MiB of YAML parses slowly
+    monkeypatch.setattr(config_yaml, "MAX_CONFIG_BYTES", len(BASE.encode()) + 100)  # 1 MiB of YAML parses slowly
     exact = BASE + "# " + "é" * 48 + ".\n"  # counted in bytes, not characters
-    assert len(exact.encode()) == loader.MAX_CONFIG_BYTES
+    assert len(exact.encode()) == config_yaml.MAX_CONFIG_BYTES
     path = tmp_path / "exact.yaml"
     path.write_text(exact)
     assert load_config(path, ENV).config.version == 1

@@ -14,10 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support import chunk, completion
+from vte_proxy.chat_convert import ChatAssembler, synthesize
 from vte_proxy.errors import UpstreamError
 from vte_proxy.providers.base import EventBatches, JsonAnswer, StreamAnswer
-from vte_proxy.shaping import ChatAssembler, JsonReply, Plan, StreamReply, StreamWatcher, shape, synthesize
+from vte_proxy.shaping import JsonReply, Plan, StreamReply, shape
 from vte_proxy.sse import DONE, data_of, event, named_event, split_events
+from vte_proxy.stream_watcher import StreamWatcher
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 

@@ -22,7 +22,7 @@ from pydantic import SecretStr, ValidationError
 
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support import ROOT, chunk, completion, free_port
-from vte_proxy.config import TelemetryConfig
+from vte_proxy.config_telemetry import TelemetryConfig
 from vte_proxy.providers.base import EventBatches, JsonAnswer, StreamAnswer
 from vte_proxy.tracing import Tracing, resolve, traces_url
 
@@ -143,7 +143,9 @@ def test_off_imports_no_opentelemetry_and_builds_nothing(tmp_path: Path) -> None
                                 json={{"model": "demo/echo", "stream": stream,
                                       "messages": [{{"role": "user", "content": "hi"}}]}})
                 assert r.status_code == 200, r.text
-        loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry") or m == "vte_proxy.tracing_sdk")
+        sdk = {"vte_proxy.tracing_sdk", "vte_proxy.tracing_export", "vte_proxy.tracing_spans",
+               "vte_proxy.tracing_genai"}
+        loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry") or m in sdk)
         assert not loaded, loaded
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -314,9 +316,9 @@ def test_a_collector_answering_errors_drops_and_counts_spans(receiver: tuple[Otl
 
 def test_a_failing_collector_stops_tracing_but_for_probes_until_it_is_back(
         receiver: tuple[OtlpReceiver, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from vte_proxy import tracing_sdk
+    from vte_proxy import tracing_export
 
-    monkeypatch.setattr(tracing_sdk, "PROBE_EVERY", 0.3)
+    monkeypatch.setattr(tracing_export, "PROBE_EVERY", 0.3)
     rx, url = receiver
     rx.status = 400
     tracer = tracing_to(url).current

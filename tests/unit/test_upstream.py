@@ -27,7 +27,9 @@ from tests.support import (
 )
 from vte_proxy.config import ProviderConfig, Timeouts
 from vte_proxy.errors import UpstreamError
-from vte_proxy.upstream import Redactor, Upstream, UpstreamResponse, provider_secrets, transport_error
+from vte_proxy.redaction import Redactor, provider_secrets
+from vte_proxy.upstream import Upstream, UpstreamResponse
+from vte_proxy.upstream_errors import transport_error
 
 PROVIDER = "upt"
 HEADER_SECRET = "hdr-SECRET-value-42"

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
-from vte_proxy.config import GatewayConfig, Price
+from vte_proxy.config import GatewayConfig
+from vte_proxy.config_limits import Price
 from vte_proxy.routing import RoutingTable, is_glob
 
 NANO = 1_000_000_000

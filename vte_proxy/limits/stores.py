@@ -9,7 +9,7 @@ in-flight requests may still settle on it).
 
 from __future__ import annotations
 
-from vte_proxy.config import LimitsConfig
+from vte_proxy.config_limits import LimitsConfig
 from vte_proxy.limits.memory_store import MemoryStore
 from vte_proxy.limits.store import Store
 

@@ -13,8 +13,9 @@ import orjson
 
 from vte_proxy.errors import UpstreamError
 from vte_proxy.providers.base import EventBatches
+from vte_proxy.redaction import Redactor
 from vte_proxy.sse import DONE, data_of, event, split_events
-from vte_proxy.upstream import Redactor, UpstreamResponse
+from vte_proxy.upstream import UpstreamResponse
 
 # One decoded upstream event (any JSON value) -> the OpenAI chunks it stands for.
 Feed = Callable[[Any], list[dict[str, Any]]]

@@ -1,7 +1,11 @@
 """OpenAI chat completions <-> Vertex AI (Gemini) ``generateContent``: the ``vertex-express`` mapping.
 
 Pure translation, no networking. The request side lives in
-:mod:`~vte_proxy.providers.vertex_request` (JSON schemas in :mod:`~vte_proxy.providers.vertex_schema`),
+:mod:`~vte_proxy.providers.vertex_request` (messages, tools and generation config in
+:mod:`~vte_proxy.providers.vertex_messages`, :mod:`~vte_proxy.providers.vertex_tools` and
+:mod:`~vte_proxy.providers.vertex_generation`; JSON schemas in
+:mod:`~vte_proxy.providers.vertex_schema`; the tool-call ids in
+:mod:`~vte_proxy.providers.vertex_call_ids`),
 the answer side (JSON, SSE stream, usage, errors) in :mod:`~vte_proxy.providers.vertex_response`;
 this module is the public face of them all. The provider itself is
 :mod:`~vte_proxy.providers.vertex`.
@@ -26,11 +30,8 @@ on text parts are not carried (Google documents them as optional).
 
 from __future__ import annotations
 
-from vte_proxy.providers.vertex_request import (
-    chat_to_gemini,
-    new_tool_call_id,
-    thought_signature_from_id,
-)
+from vte_proxy.providers.vertex_call_ids import new_tool_call_id, thought_signature_from_id
+from vte_proxy.providers.vertex_request import chat_to_gemini
 from vte_proxy.providers.vertex_response import (
     GeminiStreamTranslator,
     gemini_error,

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from vte_proxy.errors import UpstreamError, error_body
-from vte_proxy.providers.vertex_request import new_tool_call_id
+from vte_proxy.providers.vertex_call_ids import new_tool_call_id
 
 _FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"} | dict.fromkeys(_FILTERED, "content_filter")
