@@ -13,7 +13,7 @@ BASE   ?= stand-in
 export CONTAINERS_CONF ?= $(CURDIR)/deploy/podman/containers.conf
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev run test debs lint schema helm-lint image image-base docker bench clean claude-code
+.PHONY: help venv dev run test debs lint schema helm-lint image image-base docker bench bench-smoke clean claude-code
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -85,8 +85,11 @@ image-base: ## podman: build the Dockerfile's base image locally (debootstrap; c
 
 docker: image ## alias of `make image`
 
-bench: venv ## side-by-side benchmark (wrk + nginx from Debian); not part of `make test`
-	$(BIN)/python bench/run.py
+bench: venv ## vte-proxy, nginx, LiteLLM and Portkey side by side (~35 min; BENCH_ARGS=...); not in `make test`
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-smoke: venv ## every cell of `make bench` with tiny durations (~5 min): the harness works, no figures
+	$(BIN)/python bench/run.py --smoke --json bench/results/smoke.json --chart bench/results/smoke.png
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -17,6 +17,15 @@ COMPLETION = (
     b'mock upstream, about thirty tokens long, used to measure gateway overhead."},"finish_reason":"stop"}],'
     b'"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}'
 )
+# The same answer in OpenAI's Responses API (LiteLLM answers /v1/messages through it).
+RESPONSE = (
+    b'{"id":"resp_mock","object":"response","created_at":1700000000,"status":"completed","model":"gpt-4o-mini",'
+    b'"output":[{"type":"message","id":"msg_mock","status":"completed","role":"assistant","content":[{"type":'
+    b'"output_text","text":"Hello! This is a fixed answer from the mock upstream, about thirty tokens long, used to '
+    b'measure gateway overhead.","annotations":[]}]}],"parallel_tool_calls":true,"tool_choice":"auto","tools":[],'
+    b'"usage":{"input_tokens":12,"output_tokens":30,"total_tokens":42,"input_tokens_details":{"cached_tokens":0},'
+    b'"output_tokens_details":{"reasoning_tokens":0}}}'
+)
 MODELS = (
     b'{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","created":1700000000,"owned_by":"mock"},'
     b'{"id":"gpt-4o","object":"model","created":1700000000,"owned_by":"mock"}]}'

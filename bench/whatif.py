@@ -9,9 +9,11 @@ for the next experiment. Patches (comma-separated first argument, the rest is th
   memmap   a thread logs resident memory by mapping (heap, anonymous, files) and pymalloc's
            arena figures every 10 s: which allocator holds what
   tracemalloc  the memory added since idle by file and line, every 10 s (slow: use ~300 streams)
+  noshape  StreamWatcher.process only watches for the end of the stream: the most a faster
+           shaping could save per stream (answers keep the upstream's model name: not a fix)
 
     .venv/bin/python bench/whatif.py census serve --config gateway.yaml --port 8050
-    .venv/bin/python bench/run.py --memory-only --gateway-cmd ".venv/bin/python bench/whatif.py trim"
+    .venv/bin/python bench/run.py --gateways vte --gateway-cmd ".venv/bin/python bench/whatif.py trim"
 """
 
 from __future__ import annotations
@@ -139,7 +141,28 @@ def patch_tracemalloc() -> None:
     threading.Thread(target=loop, name="whatif-tracemalloc", daemon=True).start()
 
 
-PATCHES = {"trim": patch_trim, "census": patch_census, "memmap": patch_memmap, "tracemalloc": patch_tracemalloc}
+# ---- noshape: what the stream shaping costs at most (an upper bound, not a candidate change)
+
+
+def patch_noshape() -> None:
+    """StreamWatcher.process reduced to what ends a stream ([DONE], a finish): no model rename,
+    no usage. The answers are then wrong (the upstream's model name); the CPU it saves per
+    stream is the most any rewrite of the shaping could save."""
+    from vte_proxy import shaping
+
+    def process(self: shaping.StreamWatcher, ev: bytes) -> bytes | None:
+        if ev == shaping.DONE:
+            self.done = True
+        elif not self.finished and b'"finish_reason":"' in ev:
+            self.finished = True
+        return ev
+
+    shaping.StreamWatcher.process = process  # type: ignore[method-assign]
+    say("noshape: StreamWatcher.process only watches for the end")
+
+
+PATCHES = {"trim": patch_trim, "census": patch_census, "memmap": patch_memmap, "tracemalloc": patch_tracemalloc,
+           "noshape": patch_noshape}
 
 
 if __name__ == "__main__":
