@@ -54,6 +54,20 @@ HELLO: Any = [{"role": "user", "content": "Say hello"}]
 THREE_WORDS: Any = [{"role": "user", "content": "one two three"}]
 
 
+# The smallest config: one key, the built-in echo provider (exposed as ``demo/echo``).
+ECHO_CONFIG = f"""\
+version: 1
+keys:
+  - name: team
+    key: {CLIENT_KEY}
+providers:
+  - name: demo
+    type: echo
+    prefix: demo
+    models: [echo]
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

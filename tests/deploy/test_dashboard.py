@@ -11,51 +11,15 @@ from typing import Any
 import promql_parser
 import pytest
 
+from tests.deploy.contract import dashboard_series
+
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "dashboards" / "vte-proxy.json"
 CHART_COPY = REPO / "helm" / "vte-proxy" / "dashboards" / "vte-proxy.json"
 
-METRICS = {
-    "vte_requests_total",
-    "vte_request_duration_seconds_bucket",
-    "vte_time_to_first_token_seconds_bucket",
-    "vte_tokens_total",
-    "vte_upstream_errors_total",
-    "vte_usage_missing_total",
-    "vte_in_flight_requests",
-    "vte_config_reloads_total",
-    "vte_config_last_reload_success_timestamp_seconds",
-    "vte_models_available",
-    "vte_cost_usd_total",
-    "vte_rate_limited_total",
-    "vte_budget_spent_usd",
-    "vte_upstream_key_state",
-    "vte_route_selections_total",
-    "vte_limits_store_errors_total",
-    "vte_circuit_breaker_state",
-    "vte_usage_estimated_total",
-}
-# Labels each metric has (PRODUCT.md), plus the ones Prometheus adds to every series.
-LABELS = {
-    "vte_requests_total": {"endpoint", "model", "provider", "key", "code"},
-    "vte_request_duration_seconds_bucket": {"endpoint", "model", "provider", "le"},
-    "vte_time_to_first_token_seconds_bucket": {"model", "provider", "le"},
-    "vte_tokens_total": {"model", "provider", "key", "type"},
-    "vte_upstream_errors_total": {"provider", "reason"},
-    "vte_usage_missing_total": {"provider"},
-    "vte_in_flight_requests": {"provider"},
-    "vte_config_reloads_total": {"result"},
-    "vte_config_last_reload_success_timestamp_seconds": set(),
-    "vte_models_available": {"provider"},
-    "vte_cost_usd_total": {"model", "provider", "key"},
-    "vte_rate_limited_total": {"key", "scope", "kind"},
-    "vte_budget_spent_usd": {"key"},
-    "vte_upstream_key_state": {"provider", "upstream_key", "state"},
-    "vte_route_selections_total": {"route", "target"},
-    "vte_limits_store_errors_total": {"store"},
-    "vte_circuit_breaker_state": {"route", "target", "state"},
-    "vte_usage_estimated_total": {"provider"},
-}
+# Labels each metric has (tests/deploy/contract.py: PRODUCT.md and the pools metrics).
+LABELS = dashboard_series()
+METRICS = set(LABELS)
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 UNITS = {"s", "ms", "reqps", "ops", "short", "none", "percent", "percentunit", "dtdurations", "dateTimeFromNow",
          "currencyUSD"}

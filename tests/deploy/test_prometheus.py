@@ -32,6 +32,7 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
+from tests.deploy.contract import HISTOGRAMS, MORE_METRICS, PRODUCT_METRICS
 from tests.deploy.rendered import JOB, NAMESPACE, write_rules
 from tests.redis_server import RedisServer
 from tests.support import (
@@ -57,31 +58,6 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-# PRODUCT.md's metrics table: name -> labels (histograms by their family name).
-PRODUCT_METRICS: dict[str, set[str]] = {
-    "vte_requests_total": {"endpoint", "model", "provider", "key", "code"},
-    "vte_request_duration_seconds": {"endpoint", "model", "provider"},
-    "vte_time_to_first_token_seconds": {"model", "provider"},
-    "vte_tokens_total": {"model", "provider", "key", "type"},
-    "vte_upstream_errors_total": {"provider", "reason"},
-    "vte_usage_missing_total": {"provider"},
-    "vte_in_flight_requests": {"provider"},
-    "vte_config_reloads_total": {"result"},
-    "vte_config_last_reload_success_timestamp_seconds": set(),
-    "vte_models_available": {"provider"},
-    "vte_cost_usd_total": {"model", "provider", "key"},
-    "vte_rate_limited_total": {"key", "scope", "kind"},
-    "vte_budget_spent_usd": {"key"},
-    "vte_upstream_key_state": {"provider", "upstream_key", "state"},
-    "vte_route_selections_total": {"route", "target"},
-    "vte_limits_store_errors_total": {"store"},
-}
-# Metrics the dashboard uses beyond the product table (the pools issue added them).
-MORE_METRICS: dict[str, set[str]] = {
-    "vte_circuit_breaker_state": {"route", "target", "state"},
-    "vte_usage_estimated_total": {"provider"},
-}
-HISTOGRAMS = {"vte_request_duration_seconds", "vte_time_to_first_token_seconds"}
 # Features that are not built yet, by metric name (or, for a new endpoint, the query fragment
 # that selects it): their metrics are not required, and a dashboard query on them must not
 # have data yet (when one does, the feature landed: take it out of this set).

@@ -7,19 +7,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import CLIENT_KEY, AppServer, serve_app_in_thread
+from tests.support import CLIENT_KEY, ECHO_CONFIG, AppServer, serve_app_in_thread
 from vte_proxy.app import create_app
 
-CONFIG = f"""version: 1
-keys:
-  - name: t
-    key: {CLIENT_KEY}
-providers:
-  - name: demo
-    type: echo
-    prefix: demo
-    models: [echo]
-"""
+CONFIG = ECHO_CONFIG
 
 
 @pytest.fixture(scope="module")

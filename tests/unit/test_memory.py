@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import CLIENT_KEY, serve_app_in_thread
+from tests.support import CLIENT_KEY, ECHO_CONFIG, serve_app_in_thread
 from vte_proxy.app import create_app
 from vte_proxy.memory import MemoryWatcher, release_memory
 
@@ -168,16 +168,7 @@ def test_release_memory_collects_unreachable_cycles() -> None:
 
 def test_gateway_gives_memory_back_after_real_requests(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text(f"""version: 1
-keys:
-  - name: t
-    key: {CLIENT_KEY}
-providers:
-  - name: demo
-    type: echo
-    prefix: demo
-    models: [echo]
-""")
+    config.write_text(ECHO_CONFIG)
     caplog.set_level(logging.DEBUG, logger="vte_proxy.memory")
     with serve_app_in_thread(create_app(str(config), quiet_seconds=0.2), lifespan="on") as server:
         body = {"model": "demo/echo", "messages": [{"role": "user", "content": "hello there"}]}

@@ -19,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 from tests.conftest import Stack, gateway_fixture
 from tests.support import (
     CLIENT_KEY,
+    ECHO_CONFIG,
     HELLO,
     InProcessGateway,
     ScriptedUpstream,
@@ -103,17 +104,7 @@ def test_an_unexpected_exception_is_a_500_in_the_paths_dialect(gw: InProcessGate
 
 
 # ---------------------------------------------------------------- the middleware on its own
-CONFIG = f"""\
-version: 1
-keys:
-  - name: team
-    key: {CLIENT_KEY}
-providers:
-  - name: demo
-    type: echo
-    prefix: demo
-    models: [echo]
-"""
+CONFIG = ECHO_CONFIG
 
 
 @pytest.fixture

@@ -7,22 +7,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tests.support import CLIENT_KEY, inline_secrets
+from tests.support import ECHO_CONFIG, inline_secrets
 from vte_proxy.config import ProviderConfig
 from vte_proxy.providers.base import Answer, Call, Provider
 from vte_proxy.state import Gateway, GatewayState, ProviderSet, pinned_state
 
-CONFIG = f"""\
-version: 1
-keys:
-  - name: team
-    key: {CLIENT_KEY}
-providers:
-  - name: demo
-    type: echo
-    prefix: demo
-    models: [echo]
-"""
+CONFIG = ECHO_CONFIG
 
 
 class Closable(Provider):
