@@ -169,10 +169,12 @@ def _routes(gateway: Gateway, accounting: Accounting, status: StatusPage,
 
 
 def create_app(config_path: str, connector: ConnectorFactory | None = None,
-               quiet_seconds: float = QUIET_SECONDS) -> ASGIApp:
+               quiet_seconds: float = QUIET_SECONDS, freeze_heap: bool = False) -> ASGIApp:
     """The gateway for ``config_path``; the config is loaded (and must be valid) at startup.
     ``connector``: the upstream connector factory (tests inject one); ``quiet_seconds``: how
-    long traffic must have stopped before memory is given back.
+    long traffic must have stopped before memory is given back; ``freeze_heap``: once started,
+    keep the startup heap out of the cyclic collector (``vte-proxy serve`` does; a process that
+    builds many apps, such as the tests, must not).
 
     The process-wide state is built here and passed to whoever needs it: the gateway (the
     current config state, and the stores of the limit counters, which outlive every config),
@@ -184,7 +186,7 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None,
     accounting = Accounting(tracing=tracing)
     discovery = Discovery(gateway)
     status = StatusPage(gateway, discovery, accounting)
-    memory = MemoryWatcher(lambda: accounting.finished, gateway.in_flight, quiet_seconds)
+    memory = MemoryWatcher(lambda: accounting.finished, gateway.in_flight, quiet_seconds, freeze_heap=freeze_heap)
     proxied = {f"/v1/{ep}": ProxyEndpoint(gateway, accounting, ep) for ep in ENDPOINTS}
     proxied.update({f"/v1/{ep}": ProxyEndpoint(gateway, accounting, ep, ANTHROPIC) for ep in MESSAGES_ENDPOINTS})
     handlers = {HTTPException: _http_error, GatewayError: _gateway_error, Exception: _internal_error}
@@ -203,4 +205,4 @@ def app_from_env() -> ASGIApp:
     from vte_proxy.logs import setup_logging
 
     setup_logging(os.environ.get("VTE_LOG_LEVEL", "info"), os.environ.get("VTE_LOG_FORMAT", "text"))
-    return create_app(os.environ.get("VTE_CONFIG", "gateway.yaml"))
+    return create_app(os.environ.get("VTE_CONFIG", "gateway.yaml"), freeze_heap=True)

@@ -158,14 +158,16 @@ class Exchange:
             return
         self.record.status = 200
         await sink.open_stream(reply.headers)
+        record = self.record
         async for batch in reply.events:
-            self.record.first_byte()
+            if record.ttft is None:
+                record.first_byte()
             self._keep(batch)
             await sink.events(batch)
         await sink.end_stream()
 
     def _keep(self, batch: list[bytes]) -> None:
-        size = sum(map(len, batch))
+        size = len(batch[0]) if len(batch) == 1 else sum(map(len, batch))
         self._sent_bytes += size
         if self._kept_bytes < KEEP_BYTES:
             self._kept += batch

@@ -25,6 +25,7 @@ from vte_proxy.dialect import OPENAI, Dialect
 from vte_proxy.errors import GatewayError
 from vte_proxy.exchange import Exchange, send_json
 from vte_proxy.pipeline import FORWARDED_HEADERS
+from vte_proxy.server import ON_DISCONNECT
 from vte_proxy.state import Gateway, GatewayState, pinned_state
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -115,24 +116,31 @@ class HttpSink:
     """Writes an exchange's answer on an HTTP response. From the moment the request body has
     been read (:meth:`watch`) until the answer is complete it watches the client: a disconnect
     cancels the request's task at once, so the upstream call is cancelled too, whether its
-    headers have arrived or not (uvicorn's send() stays silent after a disconnect, so it is
-    receive() that tells)."""
+    headers have arrived or not. Under vte-proxy's own protocol (:mod:`vte_proxy.server`) the
+    connection's loss tells it directly; under another ASGI server a task waits on receive()
+    (uvicorn's send() stays silent after a disconnect, so it is receive() that tells)."""
 
-    __slots__ = ("_receive", "_send", "_watcher", "gone", "started")
+    __slots__ = ("_receive", "_scope", "_send", "_task", "_watcher", "gone", "started")
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._scope = scope
         self._receive = receive
         self._send = send
+        self._task: asyncio.Task[Any] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.started = False
         self.gone = False
 
     def watch(self) -> None:
         """Start watching for the client leaving (once its body is read: receive() is free)."""
-        if self._watcher is None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._watcher = asyncio.get_running_loop().create_task(self._watch(task))
+        if self._task is not None:
+            return
+        self._task = task = asyncio.current_task()
+        assert task is not None
+        if ON_DISCONNECT in self._scope:
+            self._scope[ON_DISCONNECT] = self._left
+        else:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         self.close()  # uvicorn reports a disconnect once the response is complete: not a client leaving
@@ -153,14 +161,20 @@ class HttpSink:
         self.close()
         await self._send({"type": "http.response.body", "body": b""})
 
-    async def _watch(self, task: asyncio.Task[Any]) -> None:
+    async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
+        self._left()
+
+    def _left(self) -> None:
         self.gone = True
-        task.cancel()
+        assert self._task is not None
+        self._task.cancel()
 
     def close(self) -> None:
         """Stop watching (uvicorn also reports a disconnect once the response is complete)."""
+        if self._scope.get(ON_DISCONNECT) is not None:
+            self._scope[ON_DISCONNECT] = None
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -179,7 +193,7 @@ class ProxyEndpoint:
         state = pinned_state(scope, self.gateway)
         server = state.config.server
         exchange = Exchange(state, self.accounting, self.endpoint, self.dialect)
-        sink = HttpSink(receive, send)
+        sink = HttpSink(scope, receive, send)
 
         async def read() -> bytes:
             body = await read_body(receive, scope, server.max_body_bytes, server.body_timeout)

@@ -97,7 +97,12 @@ class KeyPool:
         ready = self.ready(exclude)
         if len(ready) <= 1:
             return ready[0] if ready else None
-        return self._rng.choices(ready, weights=[k.weight for k in ready])[0]
+        point = self._rng.random() * sum(k.weight for k in ready)
+        for key in ready:  # by hand: random.choices builds two lists per call, this is the hot path
+            point -= key.weight
+            if point < 0:
+                return key
+        return ready[-1]
 
     def cool(self, name: str, retry_after: float | None = None) -> float:
         """A 429: rest the key for ``retry_after`` seconds (or the pool's cooldown); returns it."""

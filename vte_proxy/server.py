@@ -25,6 +25,12 @@ MAX_HEADERS = 256
 # The request line's fixed part (method, spaces, "HTTP/1.1", CRLF) beyond the URL.
 _REQUEST_LINE_OVERHEAD = 20
 
+# A scope key this protocol sets for every request (to None): an endpoint that wants to hear at
+# once of a client that leaves puts a callable there (vte_proxy.http.HttpSink.watch), called from
+# connection_lost while the response is incomplete, instead of a task per request waiting on
+# receive() for the disconnect.
+ON_DISCONNECT = "vte.on_disconnect"
+
 _TOO_LARGE_BODY = b'{"error":{"message":"request headers are too large","type":"invalid_request_error",' \
     b'"code":"headers_too_large"}}'
 _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
@@ -54,6 +60,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            notify = cycle.scope.get(ON_DISCONNECT)
+            if notify is not None:
+                notify()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -77,6 +88,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         if not self.transport.is_closing():  # refused: the request never reaches the app
+            self.scope[ON_DISCONNECT] = None  # type: ignore[literal-required]
             super().on_headers_complete()
 
     def on_response_complete(self) -> None:

@@ -121,7 +121,11 @@ async def _watched(events: EventBatches, watcher: StreamWatcher, provider: str, 
     process = watcher.process
     try:
         async for batch in events:
-            out = [processed for processed in map(process, batch) if processed is not None]
+            if len(batch) == 1:  # the common case (one frame per read), without a comprehension
+                processed = process(batch[0])
+                out = [processed] if processed is not None else []
+            else:
+                out = [processed for processed in map(process, batch) if processed is not None]
             if watcher.done:
                 out = out[:out.index(DONE) + 1]
             if out:

@@ -63,15 +63,43 @@ def outbound_proxy(provider: ProviderConfig) -> URL | None:
     return None if provider.proxy is None else URL(provider.proxy.get_secret_value())
 
 
+class IdleWatch:
+    """Bounds the silence between the reads of a body with one timer per ``idle`` seconds
+    rather than one per read (aiohttp's ``sock_read`` re-arms a timer on every packet, a cost
+    paid for each frame of every stream): a read only notes the time; when the timer fires
+    after data came meanwhile, it is set again for the rest of the interval. Silence fails the
+    pending read with a TimeoutError (mapped to 504 ``idle``)."""
+
+    __slots__ = ("_content", "_handle", "_idle", "_loop", "last")
+
+    def __init__(self, content: aiohttp.StreamReader, idle: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._content = content
+        self._idle = idle
+        self.last = self._loop.time()
+        self._handle = self._loop.call_at(self.last + idle, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self._idle
+        if self._loop.time() >= due:
+            self._content.set_exception(TimeoutError())
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 class UpstreamResponse:
     """A response whose headers have arrived; the body is read through this object."""
 
-    __slots__ = ("_deadline", "_response", "_upstream", "headers", "provider", "status")
+    __slots__ = ("_deadline", "_held", "_response", "_upstream", "headers", "provider", "status")
 
     def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse, deadline: float | None) -> None:
         self._upstream = upstream
         self._response = response
         self._deadline = deadline
+        self._held = True  # counted in the upstream's busy connections until released
         self.provider = upstream.name
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
@@ -80,13 +108,21 @@ class UpstreamResponse:
         """Body chunks as they arrive; silence beyond ``idle``, the ``total`` deadline passing
         (also while nothing arrives) or a cut raise UpstreamError."""
         content = self._response.content
+        idle = self._upstream.idle
+        watch = IdleWatch(content, idle) if idle else None
+        loop = asyncio.get_running_loop()
         try:
             while chunk := await (content.readany() if self._deadline is None else self._before_deadline()):
+                if watch is not None:
+                    watch.last = loop.time()
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 raise self._too_long() from None
             raise transport_error(self.provider, exc, started=True) from None
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     async def _before_deadline(self) -> bytes:
         async with asyncio.timeout(max(self._deadline - time.monotonic(), 0) if self._deadline else None):
@@ -124,6 +160,9 @@ class UpstreamResponse:
     async def aclose(self) -> None:
         # Back to the pool when fully read; closed (never reused) when abandoned mid-body.
         self._response.release()
+        if self._held:
+            self._held = False
+            self._upstream.busy -= 1
 
     async def error_body(self) -> bytes:
         """The (non-2xx) body, cut at MAX_ERROR_BODY, with the provider's secrets removed."""
@@ -133,22 +172,6 @@ class UpstreamResponse:
             return b""
         finally:
             await self.aclose()
-
-
-async def _queued(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
-    ctx.trace_request_ctx["queued"] = True
-
-
-async def _dequeued(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
-    ctx.trace_request_ctx["queued"] = False
-
-
-def _pool_trace() -> aiohttp.TraceConfig:
-    """Tells a request that waits for a free pooled connection (all ``max_connections`` busy)."""
-    trace = aiohttp.TraceConfig()
-    trace.on_connection_queued_start.append(_queued)
-    trace.on_connection_queued_end.append(_dequeued)
-    return trace
 
 
 # How a provider type sends its key: the headers for one key value.
@@ -173,10 +196,13 @@ class Upstream:
         t = provider.timeouts
         self._first_byte = t.first_byte or None
         self._total = t.total
-        # sock_read bounds every read: the wait for headers and each silence inside a body;
-        # connect bounds the wait for a pooled connection plus the TCP/TLS connect.
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=t.connect or None, sock_connect=t.connect or None,
-                                              sock_read=t.idle or None)
+        # connect bounds the wait for a pooled connection plus the TCP/TLS connect; the wait for
+        # headers is bounded in _send, each silence inside a body by IdleWatch.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=t.connect or None, sock_connect=t.connect or None)
+        self.idle = t.idle or None
+        # Requests holding (or waiting for) a pooled connection: one that times out while all
+        # max_connections were held waited for the pool, not for the provider.
+        self.busy = 0
         self.redactor = Redactor(provider_secrets(provider))
         self._provider = provider
         self._connector = connector or default_connector
@@ -196,8 +222,7 @@ class Upstream:
         # Created on first use, inside the running loop (aiohttp binds sessions to a loop).
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=self._connector(self._provider), timeout=self._timeout,
-                                                  trust_env=False, auto_decompress=True,
-                                                  trace_configs=[_pool_trace()])
+                                                  trust_env=False, auto_decompress=True)
         return self._session
 
     def _url(self, url: str) -> URL:
@@ -275,17 +300,22 @@ class Upstream:
                     shaper: ErrorShaper | None, reason: str | None, key_status: bool = False) -> UpstreamResponse:
         """One request; ``key_status``: a 401/403/429 is returned, not raised (the pool decides)."""
         deadline = time.monotonic() + self._total if self._total else None
-        wait = min(self._first_byte or self._total or 0, self._total or self._first_byte or 0) or None
-        pool = {"queued": False}
+        wait = min(self._first_byte or self._total or 0, self._total or self._first_byte or 0) or self.idle
+        size = self._provider.max_connections
+        queued = self.busy >= size
+        self.busy += 1
         try:
             async with asyncio.timeout(wait):  # timeouts.total bounds the whole call, headers included
                 response = await self._client().request(method, self._url(url), headers=headers, data=content,
-                                                        allow_redirects=False, proxy=self._proxy,
-                                                        trace_request_ctx=pool)
+                                                        allow_redirects=False, proxy=self._proxy)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if pool["queued"]:
-                raise pool_exhausted(self.name, self._provider.max_connections) from None
+            self.busy -= 1
+            if queued and self.busy >= size:
+                raise pool_exhausted(self.name, size) from None
             raise transport_error(self.name, exc, started=False, first_byte=wait, reason=reason) from None
+        except BaseException:
+            self.busy -= 1
+            raise
         result = UpstreamResponse(self, response, deadline)
         if response.status >= 400 and not (key_status and response.status in KEY_COOLS + KEY_REJECTED):
             raise await error_from_response(result, shaper, reason)

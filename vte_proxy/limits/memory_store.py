@@ -6,6 +6,7 @@ Several workers or replicas each count on their own (the limits multiply): use `
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +35,9 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._counters: dict[str, _Counter] = {}
-        self._leases: dict[str, dict[str, int]] = {}
+        # Concurrency leases by name, member -> expiry, in expiry order (one lease time for all):
+        # the expired ones are at the front, so counting never scans the live ones.
+        self._leases: dict[str, OrderedDict[str, int]] = {}
         self._spend: dict[str, _Spend] = {}
         self._ops = 0
 
@@ -72,9 +75,14 @@ class MemoryStore:
 
     def _current(self, check: Check, now_ms: int) -> int:
         if check.kind == "concurrency":
-            leases = self._leases.get(check.name, {})
-            for member in [m for m, exp in leases.items() if exp <= now_ms]:
-                del leases[member]
+            leases = self._leases.get(check.name)
+            if not leases:
+                return 0
+            while leases and next(iter(leases.values())) <= now_ms:
+                leases.popitem(last=False)
+            if len(leases) >= check.limit:  # the order may be off after a reload changed the lease time
+                for member in [m for m, exp in leases.items() if exp <= now_ms]:
+                    del leases[member]
             return len(leases)
         if check.kind == "budget":
             spend = self._spend.get(check.name)
@@ -84,7 +92,9 @@ class MemoryStore:
 
     def _take(self, check: Check, current: int, lease: str, now_ms: int) -> int:
         if check.kind == "concurrency":
-            self._leases.setdefault(check.name, {})[lease] = now_ms + check.ttl_ms
+            leases = self._leases.setdefault(check.name, OrderedDict())
+            leases[lease] = now_ms + check.ttl_ms
+            leases.move_to_end(lease)
             return current + 1
         if check.kind == "budget":
             return current
@@ -118,7 +128,7 @@ class MemoryStore:
     def sweep(self, now_ms: int) -> None:
         """Drop what has expired (windows past, leases of lost requests, spend of past periods)."""
         self._counters = {k: c for k, c in self._counters.items() if c.expires > now_ms}
-        leases = ((k, {m: e for m, e in v.items() if e > now_ms}) for k, v in self._leases.items())
+        leases = ((k, OrderedDict((m, e) for m, e in v.items() if e > now_ms)) for k, v in self._leases.items())
         self._leases = {k: kept for k, kept in leases if kept}
         self._spend = {k: s for k, s in self._spend.items() if _alive(s.expires, now_ms)}
 
