@@ -28,7 +28,7 @@ from vte_proxy.discovery import Discovery
 from vte_proxy.errors import GatewayError
 from vte_proxy.http import HealthEndpoint, ModelsEndpoint, ProxyEndpoint, authenticate_status
 from vte_proxy.limits import Stores
-from vte_proxy.memory import QUIET_SECONDS, MemoryWatcher
+from vte_proxy.memory import QUIET_SECONDS, MemoryWatcher, tune_collector
 from vte_proxy.middleware import Concurrency, GuardMiddleware
 from vte_proxy.providers.base import ENDPOINTS, MESSAGES_ENDPOINTS
 from vte_proxy.reload import install_sighup, poll_config, watch_config
@@ -169,12 +169,13 @@ def _routes(gateway: Gateway, accounting: Accounting, status: StatusPage,
 
 
 def create_app(config_path: str, connector: ConnectorFactory | None = None,
-               quiet_seconds: float = QUIET_SECONDS, freeze_heap: bool = False) -> ASGIApp:
+               quiet_seconds: float = QUIET_SECONDS, serving: bool = False) -> ASGIApp:
     """The gateway for ``config_path``; the config is loaded (and must be valid) at startup.
     ``connector``: the upstream connector factory (tests inject one); ``quiet_seconds``: how
-    long traffic must have stopped before memory is given back; ``freeze_heap``: once started,
-    keep the startup heap out of the cyclic collector (``vte-proxy serve`` does; a process that
-    builds many apps, such as the tests, must not).
+    long traffic must have stopped before memory is given back; ``serving``: the process serves
+    this one app (``vte-proxy serve``), so once started the collector is tuned for it
+    (:func:`~vte_proxy.memory.tune_collector`; a process that builds many apps, such as the
+    tests, must not freeze them all).
 
     The process-wide state is built here and passed to whoever needs it: the gateway (the
     current config state, and the stores of the limit counters, which outlive every config),
@@ -186,7 +187,8 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None,
     accounting = Accounting(tracing=tracing)
     discovery = Discovery(gateway)
     status = StatusPage(gateway, discovery, accounting)
-    memory = MemoryWatcher(lambda: accounting.finished, gateway.in_flight, quiet_seconds, freeze_heap=freeze_heap)
+    memory = MemoryWatcher(lambda: accounting.finished, gateway.in_flight, quiet_seconds,
+                           on_start=tune_collector if serving else None)
     proxied = {f"/v1/{ep}": ProxyEndpoint(gateway, accounting, ep) for ep in ENDPOINTS}
     proxied.update({f"/v1/{ep}": ProxyEndpoint(gateway, accounting, ep, ANTHROPIC) for ep in MESSAGES_ENDPOINTS})
     handlers = {HTTPException: _http_error, GatewayError: _gateway_error, Exception: _internal_error}
@@ -197,7 +199,8 @@ def create_app(config_path: str, connector: ConnectorFactory | None = None,
     app.state.gateway = gateway
     app.state.discovery = discovery
     app.state.accounting = accounting
-    return GuardMiddleware(CORSMiddleware(FastPath(app, dict(proxied)), gateway), gateway, accounting, concurrency)
+    return GuardMiddleware(CORSMiddleware(FastPath(app, dict(proxied)), gateway), gateway, accounting, concurrency,
+                           exchanges=frozenset(proxied))
 
 
 def app_from_env() -> ASGIApp:
@@ -205,4 +208,4 @@ def app_from_env() -> ASGIApp:
     from vte_proxy.logs import setup_logging
 
     setup_logging(os.environ.get("VTE_LOG_LEVEL", "info"), os.environ.get("VTE_LOG_FORMAT", "text"))
-    return create_app(os.environ.get("VTE_CONFIG", "gateway.yaml"), freeze_heap=True)
+    return create_app(os.environ.get("VTE_CONFIG", "gateway.yaml"), serving=True)

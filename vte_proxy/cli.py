@@ -223,7 +223,7 @@ def serve(settings: Settings) -> int:
     if settings.workers == 1:
         from vte_proxy.app import create_app
 
-        uvicorn.Server(uvicorn.Config(create_app(settings.config, freeze_heap=True), **options)).run()
+        uvicorn.Server(uvicorn.Config(create_app(settings.config, serving=True), **options)).run()
         return 0
     os.environ.update(VTE_CONFIG=os.path.abspath(settings.config),
                       VTE_LOG_LEVEL=settings.log_level, VTE_LOG_FORMAT=settings.log_format)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +42,8 @@ if TYPE_CHECKING:  # the SDK side of tracing is imported only when tracing is on
     from vte_proxy.tracing_sdk import Tracer
     from vte_proxy.tracing_spans import RequestSpan
 
+log = logging.getLogger("vte_proxy.app")
+
 JSON = (b"content-type", b"application/json")
 # Endpoints whose answers are text a usage estimate can count (embeddings report their own).
 ESTIMATED = frozenset({"chat/completions", "completions", "responses", "messages"})
@@ -61,11 +64,18 @@ class Sink(Protocol):
     async def end_stream(self) -> None: ...
 
 
+# Answers after which the connection is closed (uvicorn honours the header): the client's body
+# was too slow or too large, so what is left of it must not be read as a next request.
+CLOSE_AFTER = (408, 413)
+
+
 async def send_json(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
     """A complete JSON response on an ASGI ``send``."""
     raw = [JSON, (b"content-length", str(len(body)).encode())]
     if headers:
         raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    if status in CLOSE_AFTER:
+        raw.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
@@ -136,6 +146,9 @@ class Exchange:
         except asyncio.CancelledError:
             await self._cancelled(sink)
             raise
+        except Exception:  # a bug below: the client still gets an answer (or an SSE error event)
+            log.exception("unexpected error answering %s", self.record.endpoint)
+            await self._fail(sink, GatewayError(500, "internal error", "internal_error"))
         finally:
             await self._end(reply)
 

@@ -80,8 +80,9 @@ class MemoryWatcher:
 
     def __init__(self, finished: Callable[[], int], in_flight: Callable[[], int], quiet: float = QUIET_SECONDS,
                  release: Callable[[], int] = release_memory,
-                 after_pool: tuple[float, ...] = AFTER_POOL_SECONDS, freeze_heap: bool = False) -> None:
-        self.freeze_heap = freeze_heap  # tune_collector() when run() starts (the app has started)
+                 after_pool: tuple[float, ...] = AFTER_POOL_SECONDS,
+                 on_start: Callable[[], None] | None = None) -> None:
+        self.on_start = on_start  # called when run() starts, the app started (serving: tune_collector)
         self.finished = finished
         self.in_flight = in_flight
         self.quiet = quiet
@@ -90,8 +91,8 @@ class MemoryWatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until ``stop`` is set."""
-        if self.freeze_heap:
-            tune_collector()
+        if self.on_start is not None:
+            self.on_start()
         loop = asyncio.get_running_loop()
         seen = released = self.finished()
         again: list[float] = []  # loop times of the follow-up collections still due

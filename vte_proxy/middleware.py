@@ -9,6 +9,7 @@ the same state the exchange below uses), so a reload changes them for the next r
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,10 +23,6 @@ from vte_proxy.record import RequestRecord
 from vte_proxy.state import Gateway, pinned_state
 
 log = logging.getLogger("vte_proxy.app")
-
-# Answers after which the connection is closed (uvicorn honours the header): the client's body
-# was too slow or too large, so what is left of it must not be read as a next request.
-CLOSE_AFTER = (408, 413)
 
 
 class Concurrency:
@@ -55,14 +52,18 @@ def overloaded() -> GatewayError:
 
 class GuardMiddleware:
     """Turns anything unexpected into an OpenAI-shaped 500 (never a traceback to the client)
-    and caps concurrent ``/v1`` requests per worker (``server.max_concurrency``, 503 beyond)."""
+    and caps concurrent ``/v1`` requests per worker (``server.max_concurrency``, 503 beyond).
+    The proxied calls (``exchanges``) have their own error boundary, the exchange."""
 
     def __init__(self, app: ASGIApp, gateway: Gateway, accounting: Accounting,
-                 concurrency: Concurrency | None = None) -> None:
+                 concurrency: Concurrency | None = None, exchanges: Container[str] = ()) -> None:
         self.app = app
         self.gateway = gateway
         self.accounting = accounting
         self.concurrency = concurrency or Concurrency()
+        # POST paths answered by an Exchange, itself the error boundary of its request: their
+        # messages are passed on unwrapped (the wrapper cost a call for every frame of a stream).
+        self.exchanges = exchanges
 
     @property
     def active(self) -> int:
@@ -77,14 +78,18 @@ class GuardMiddleware:
         if limited and not self.concurrency.enter(pinned_state(scope, self.gateway).config.server.max_concurrency):
             await self._overloaded(scope, send)
             return
+        if scope["method"] == "POST" and scope["path"] in self.exchanges:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.concurrency.leave()
+            return
         started = False
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if message["status"] in CLOSE_AFTER:
-                    message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
             await send(message)
 
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from asyncio import TimerHandle
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -62,7 +63,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            notify = cycle.scope.get(ON_DISCONNECT)
+            notify: Callable[[], None] | None = cycle.scope.get(ON_DISCONNECT)  # type: ignore[assignment]
             if notify is not None:
                 notify()
         super().connection_lost(exc)

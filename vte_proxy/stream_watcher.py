@@ -78,18 +78,15 @@ class StreamWatcher:
             self.finished = True
         decode = b'"usage":{' in ev or b'"usage": {' in ev
         if self._rewrite:
-            ev, renamed = self._rename(ev)
+            # The known upstream names replaced by bytes (bytes.replace returns the very same
+            # object when there was nothing to replace: one scan per needle, no `in` first).
+            renamed = False
+            for old, new in self._needles:
+                replaced = ev.replace(old, new)
+                if replaced is not ev:
+                    ev, renamed = replaced, True
             decode = decode or (not renamed and b'"model"' in ev)
         return self._decoded(ev) if decode else ev
-
-    def _rename(self, ev: bytes) -> tuple[bytes, bool]:
-        """``ev`` with the known upstream names replaced by bytes, and whether one was there."""
-        hit = False
-        for old, new in self._needles:
-            if old in ev:
-                ev = ev.replace(old, new)
-                hit = True
-        return ev, hit
 
     def _decoded(self, ev: bytes) -> bytes | None:
         """The slow path, for events with usage or a model name not seen before."""

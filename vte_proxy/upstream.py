@@ -109,7 +109,7 @@ class UpstreamResponse:
         (also while nothing arrives) or a cut raise UpstreamError."""
         content = self._response.content
         idle = self._upstream.idle
-        watch = IdleWatch(content, idle) if idle else None
+        watch = IdleWatch(content, idle) if idle and not content.is_eof() else None  # no timer for a body all here
         loop = asyncio.get_running_loop()
         try:
             while chunk := await (content.readany() if self._deadline is None else self._before_deadline()):
@@ -125,8 +125,14 @@ class UpstreamResponse:
                 watch.cancel()
 
     async def _before_deadline(self) -> bytes:
-        async with asyncio.timeout(max(self._deadline - time.monotonic(), 0) if self._deadline else None):
-            return await self._response.content.readany()
+        deadline = asyncio.timeout(max(self._deadline - time.monotonic(), 0) if self._deadline else None)
+        try:
+            async with deadline:
+                return await self._response.content.readany()
+        except TimeoutError:
+            if deadline.expired():  # by its own timer: the loop's clock may be a hair behind time.monotonic()
+                raise self._too_long() from None
+            raise
 
     def _too_long(self) -> UpstreamError:
         return UpstreamError(self.provider, 504, f"provider {self.provider!r} exceeded its total time limit",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -182,3 +184,19 @@ def test_gateway_gives_memory_back_after_real_requests(tmp_path: Path, caplog: p
     lines = [r.getMessage() for r in caplog.records if r.name == "vte_proxy.memory"]
     assert len(lines) == 1, lines
     assert "collected" in lines[0]
+
+
+def test_a_serving_process_freezes_its_startup_heap_and_collects_less_often() -> None:
+    code = ("import gc; from vte_proxy.memory import SERVING_THRESHOLDS, tune_collector; tune_collector(); "
+            "print(gc.get_threshold() == SERVING_THRESHOLDS, gc.get_freeze_count() > 10_000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.stdout.split() == ["True", "True"], out.stderr
+
+
+async def test_the_watcher_calls_its_start_hook_once_when_it_starts() -> None:
+    started: list[int] = []
+    stop = asyncio.Event()
+    stop.set()
+    await MemoryWatcher(lambda: 0, lambda: 0, 3600, on_start=lambda: started.append(1)).run(stop)
+    await MemoryWatcher(lambda: 0, lambda: 0, 3600).run(stop)
+    assert started == [1]

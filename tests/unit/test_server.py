@@ -3,21 +3,34 @@ what a client may send before its request reaches the application."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support import AppServer, serve_app_in_thread
-from vte_proxy.server import MAX_HEADERS, GuardedHttpToolsProtocol
+from vte_proxy.server import MAX_HEADERS, ON_DISCONNECT, GuardedHttpToolsProtocol
 
 Scope = dict[str, object]
 
 
+LEFT: dict[str, threading.Event] = {"/open": threading.Event(), "/done": threading.Event()}
+
+
 async def hello(scope: Scope, receive: object, send: object) -> None:
     assert scope["type"] == "http"
+    left = LEFT.get(str(scope["path"]))
+    if left is not None:  # the endpoint asks to hear of the client leaving, as vte_proxy.http.HttpSink does
+        assert scope[ON_DISCONNECT] is None  # the protocol offers the hook on every request
+        scope[ON_DISCONNECT] = left.set
+        if scope["path"] == "/open":  # an answer that never completes
+            await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+            await asyncio.sleep(30)
+            return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})  # type: ignore[operator]
     await send({"type": "http.response.body", "body": b"hello"})  # type: ignore[operator]
 
@@ -82,3 +95,21 @@ def test_parser_errors_are_openai_shaped_json(server: AppServer, raw: bytes) -> 
     assert headers["connection"] == "close"
     error = json.loads(body)["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_http_request"
+
+
+def test_a_client_leaving_mid_answer_is_told_to_the_endpoint_at_once() -> None:
+    with serve_app_in_thread(hello, http=GuardedHttpToolsProtocol) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /open HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert LEFT["/open"].wait(5), "the endpoint was not told that its client left"
+
+
+def test_a_client_leaving_after_a_complete_answer_is_not_a_disconnect() -> None:
+    with serve_app_in_thread(hello, http=GuardedHttpToolsProtocol) as server:
+        status, _, body = exchange(server, b"GET /done HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, body) == (200, b"hello")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # the server is still there
+            sock.sendall(request())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    assert not LEFT["/done"].is_set()

@@ -20,6 +20,7 @@ from tests.support import (
     ScriptedUpstream,
     Stream,
     chunk,
+    completion,
     free_port,
     loopback_connector,
     metric,
@@ -148,6 +149,31 @@ async def test_silence_inside_a_body_is_504_idle(upstream: Upstream, up: Scripte
     with Counted("idle"):
         err = await fails(upstream, upstream_test_url(up))
     assert (err.status, err.reason, err.retryable) == (504, "idle", False)
+
+
+async def test_a_steady_stream_longer_than_the_idle_timeout_is_not_cut(upstream: Upstream,
+                                                                       up: ScriptedUpstream) -> None:
+    # idle is 1 s: five events 0.6 s apart take 3 s in all, never a second of silence (the
+    # idle timer fires with data seen meanwhile and is set again for the rest)
+    up.push(Stream([chunk("gpt-4o", {"content": str(i)}) for i in range(5)], delay=0.6))
+    response = await post(upstream, upstream_test_url(up))
+    body = await response.read()
+    await response.aclose()
+    assert body.count(b"data: ") == 6 and body.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_every_request_gives_its_connection_back_to_the_count_of_busy_ones(upstream: Upstream,
+                                                                               up: ScriptedUpstream) -> None:
+    up.push(Reply(completion("gpt-4o")))
+    await (await post(upstream, upstream_test_url(up))).read_json()
+    up.push(Reply({"error": {"message": "no"}}, 400))
+    await fails(upstream, upstream_test_url(up))
+    up.push(Stream([chunk("gpt-4o", {"content": "a"})]))
+    response = await post(upstream, upstream_test_url(up))
+    assert upstream.busy == 1
+    await response.aclose()
+    await response.aclose()  # twice: counted once
+    assert upstream.busy == 0
 
 
 async def test_a_body_cut_mid_way_is_502_truncated(upstream: Upstream, up: ScriptedUpstream) -> None:

@@ -58,7 +58,9 @@ class MemoryStore:
             if op.kind == "add":
                 self._add(op, now_ms)
             elif op.kind == "release":
-                self._leases.get(op.name, {}).pop(op.member, None)
+                leases = self._leases.get(op.name)
+                if leases is not None:
+                    leases.pop(op.member, None)
             else:
                 spent = self._add_spend(op, now_ms)
         return spent
