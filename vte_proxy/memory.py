@@ -56,7 +56,7 @@ def release_memory() -> int:
 # The cyclic collector's thresholds while serving (CPython's default: 700, 10, 10). A request
 # allocates a few thousand objects, nearly all freed by reference counting as it ends; at 700 a
 # young-generation pass ran several times per request, promoting the objects of the requests in
-# flight, which the older passes then traversed again (docs/performance.md, "Garbage collection").
+# flight, which the older passes then traversed again (docs/performance.md, "The hot path, issue 17").
 SERVING_THRESHOLDS = (50_000, 20, 100)
 
 

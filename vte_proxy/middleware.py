@@ -78,13 +78,10 @@ class GuardMiddleware:
         if limited and not self.concurrency.enter(pinned_state(scope, self.gateway).config.server.max_concurrency):
             await self._overloaded(scope, send)
             return
-        if scope["method"] == "POST" and scope["path"] in self.exchanges:
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                self.concurrency.leave()
-            return
-        started = False
+        # An exchange answers its own errors (also after a first byte, as an SSE error event):
+        # its messages go out unwrapped, and the guard never writes a second answer over them.
+        exchange = scope["method"] == "POST" and scope["path"] in self.exchanges
+        started = exchange
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
@@ -93,7 +90,7 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, guarded_send)
+            await self.app(scope, receive, send if exchange else guarded_send)
         except Exception:
             log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
             if not started:
