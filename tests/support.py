@@ -81,6 +81,9 @@ class AppServer:
     def __init__(self, app: Any, lifespan: str = "off", **options: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # An answer still hanging when a test ends (a scripted Hang) is cut after a second, not
+        # waited for: the thread's join below gives up after 5.
+        options.setdefault("timeout_graceful_shutdown", 1)
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                      lifespan=lifespan, **options))
         self._thread = threading.Thread(target=self._server.run, daemon=True)

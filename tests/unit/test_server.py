@@ -27,9 +27,12 @@ async def hello(scope: Scope, receive: object, send: object) -> None:
     if left is not None:  # the endpoint asks to hear of the client leaving, as vte_proxy.http.HttpSink does
         assert scope[ON_DISCONNECT] is None  # the protocol offers the hook on every request
         scope[ON_DISCONNECT] = left.set
-        if scope["path"] == "/open":  # an answer that never completes
+        if scope["path"] == "/open":  # an answer that does not complete before the client leaves
             await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
-            await asyncio.sleep(30)
+            for _ in range(1000):
+                if left.is_set():
+                    return
+                await asyncio.sleep(0.01)
             return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})  # type: ignore[operator]
     await send({"type": "http.response.body", "body": b"hello"})  # type: ignore[operator]
