@@ -8,6 +8,8 @@ read from the app's own Accounting object and this process's Prometheus registry
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from websockets.sync.client import connect
 from tests.conftest import Stack, gateway_fixture
 from tests.support import (
     CLIENT_KEY,
+    ECHO_CONFIG,
     HELLO,
     LIMITED_KEY,
     InProcessGateway,
@@ -26,10 +29,14 @@ from tests.support import (
     chunk,
     eventually,
     gateway_yaml,
+    inline_secrets,
     metric,
 )
+from vte_proxy.accounting import Accounting
 from vte_proxy.dialect import OPENAI
 from vte_proxy.errors import GatewayError
+from vte_proxy.exchange import Exchange
+from vte_proxy.state import Gateway
 
 stack = gateway_fixture(gateway_yaml, in_process=True)
 
@@ -52,8 +59,12 @@ def requests_total(code: str, model: str = "up/gpt-4o", provider: str = "up") ->
 
 def reported(gw: InProcessGateway) -> list[dict[str, Any]]:
     """Every entry the accounting hands its subscribers from now on."""
+    return reported_to(gw.accounting)
+
+
+def reported_to(accounting: Accounting) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
-    gw.accounting.subscribers.add(seen.append)
+    accounting.subscribers.add(seen.append)
     return seen
 
 
@@ -190,3 +201,47 @@ def test_a_websocket_error_after_the_first_frame_is_an_sse_error_frame(gw: InPro
     [entry] = gw.entries_after(count)
     assert (entry["status"], entry["error"]) == (502, "truncated")
 
+
+
+class FailingSink:
+    """A Sink whose first batch of events raises an exception no layer expects (a bug), then
+    records what it is given."""
+
+    def __init__(self) -> None:
+        self.started = self.gone = False
+        self.batches: list[list[bytes]] = []
+        self.ended = False
+
+    async def json(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        raise AssertionError("the answer had started: no JSON answer after it")
+
+    async def open_stream(self, headers: Mapping[str, str]) -> None:
+        self.started = True
+
+    async def events(self, batch: list[bytes]) -> None:
+        if not self.batches:
+            self.batches.append([])
+            raise RuntimeError("a bug while writing")
+        self.batches.append(batch)
+
+    async def end_stream(self) -> None:
+        self.ended = True
+
+
+async def test_an_unexpected_exception_mid_stream_ends_it_with_an_sse_error_event(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_text(inline_secrets(ECHO_CONFIG))
+    gateway = Gateway(str(tmp_path / "gateway.yaml"))
+    gateway.load_initial()
+    accounting = Accounting()
+    seen = reported_to(accounting)
+    sink = FailingSink()
+
+    async def read() -> bytes:
+        return json.dumps({"model": "demo/echo", "messages": HELLO, "stream": True}).encode()
+
+    await Exchange(gateway.state, accounting, "chat/completions", OPENAI).run(sink, CLIENT_KEY.encode(), read, {})
+    [*_, last] = sink.batches
+    assert json.loads(last[0][6:])["error"]["code"] == "internal_error" and sink.ended
+    assert (seen[-1]["status"], seen[-1]["error"]) == (500, "internal_error")
+    assert gateway.state.providers.in_flight == 0
+    await gateway.aclose()

@@ -1,5 +1,6 @@
 """The guarded HTTP protocol (vte_proxy.server) on a real uvicorn, driven with raw sockets:
-what a client may send before its request reaches the application."""
+what a client may send before its request reaches the application, and how an endpoint hears
+of a client that leaves."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,22 +20,8 @@ from vte_proxy.server import MAX_HEADERS, ON_DISCONNECT, GuardedHttpToolsProtoco
 Scope = dict[str, object]
 
 
-LEFT: dict[str, threading.Event] = {"/open": threading.Event(), "/done": threading.Event()}
-
-
 async def hello(scope: Scope, receive: object, send: object) -> None:
     assert scope["type"] == "http"
-    left = LEFT.get(str(scope["path"]))
-    if left is not None:  # the endpoint asks to hear of the client leaving, as vte_proxy.http.HttpSink does
-        assert scope[ON_DISCONNECT] is None  # the protocol offers the hook on every request
-        scope[ON_DISCONNECT] = left.set
-        if scope["path"] == "/open":  # an answer that does not complete before the client leaves
-            await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
-            for _ in range(1000):
-                if left.is_set():
-                    return
-                await asyncio.sleep(0.01)
-            return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})  # type: ignore[operator]
     await send({"type": "http.response.body", "body": b"hello"})  # type: ignore[operator]
 
@@ -100,19 +88,39 @@ def test_parser_errors_are_openai_shaped_json(server: AppServer, raw: bytes) -> 
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_http_request"
 
 
+def watching(left: threading.Event, complete: bool) -> Any:
+    """An endpoint that asks to hear of its client leaving, as vte_proxy.http.HttpSink does;
+    ``complete``: it answers in full at once, else it holds the answer open until told."""
+
+    async def app(scope: Scope, receive: object, send: Any) -> None:
+        assert scope[ON_DISCONNECT] is None  # the protocol offers the hook on every request
+        scope[ON_DISCONNECT] = left.set
+        if complete:
+            await hello(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(1000):
+            if left.is_set():
+                return
+            await asyncio.sleep(0.01)
+
+    return app
+
+
 def test_a_client_leaving_mid_answer_is_told_to_the_endpoint_at_once() -> None:
-    with serve_app_in_thread(hello, http=GuardedHttpToolsProtocol) as server:
+    left = threading.Event()
+    with serve_app_in_thread(watching(left, complete=False), http=GuardedHttpToolsProtocol) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(b"GET /open HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(request())
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        assert LEFT["/open"].wait(5), "the endpoint was not told that its client left"
+        assert left.wait(5), "the endpoint was not told that its client left"
 
 
 def test_a_client_leaving_after_a_complete_answer_is_not_a_disconnect() -> None:
-    with serve_app_in_thread(hello, http=GuardedHttpToolsProtocol) as server:
-        status, _, body = exchange(server, b"GET /done HTTP/1.1\r\nHost: x\r\n\r\n")
+    left = threading.Event()
+    with serve_app_in_thread(watching(left, complete=True), http=GuardedHttpToolsProtocol) as server:
+        status, _, body = exchange(server, request())
         assert (status, body) == (200, b"hello")
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # the server is still there
-            sock.sendall(request())
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-    assert not LEFT["/done"].is_set()
+        status, _, _ = exchange(server, request())  # a round trip after the first connection closed
+        assert status == 200
+    assert not left.is_set()
