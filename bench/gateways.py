@@ -41,13 +41,14 @@ class Ports:
     floor_paced: int
     vte: int
     vte_w2: int
+    asgi: int
     litellm: int
     portkey: int
 
     @classmethod
     def from_base(cls, b: int) -> Ports:
         return cls(json=b + 1, sse=b + 2, paced=b + 60, floor=b + 10, floor_paced=b + 11, vte=b + 40,
-                   vte_w2=b + 41, litellm=b + 20, portkey=b + 87)
+                   vte_w2=b + 41, asgi=b + 12, litellm=b + 20, portkey=b + 87)
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,21 @@ def floor(ports: Ports, work: Path, nginx: str, cpu: int | None) -> Gateway:
                    Target(f"http://127.0.0.1:{ports.floor_paced}/v1/chat/completions", "gpt-4o-mini"), None,
                    f"nginx {nginx}", cpu=cpu,
                    absent={"messages": "nginx forwards bytes; it does not translate dialects"})
+
+
+def asgi_floor(ports: Ports, cpu: int | str | None) -> Gateway:
+    """uvicorn + aiohttp with a raw ASGI function between them (asgi_floor.py): the stack
+    vte-proxy is built on, with none of its code; what any gateway on it can reach on this core."""
+    import aiohttp
+    import uvicorn
+
+    env = {"FLOOR_JSON": f"http://127.0.0.1:{ports.json}/v1/chat/completions",
+           "FLOOR_PACED": f"http://127.0.0.1:{ports.paced}/v1/chat/completions"}
+    return Gateway("asgi", "uvicorn+aiohttp", ports.asgi,
+                   [sys.executable, str(HERE / "asgi_floor.py"), "--port", str(ports.asgi)],
+                   Target("/v1/chat/completions", "gpt-4o-mini"), Target("/v1/chat/completions", "paced/gpt-4o-mini"),
+                   None, f"{uvicorn.__version__} / {aiohttp.__version__}", env=env, cpu=cpu,
+                   absent={"messages": "it forwards bytes; it does not translate dialects"})
 
 
 # ------------------------------------------------------------------ vte-proxy

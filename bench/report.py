@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 BOUNDS = ("p99<1ms", "p99<5ms", "p99<10ms", "p99<50ms", "unbounded")
-ORDER = ("nginx", "vte", "litellm", "portkey")
+ORDER = ("nginx", "asgi", "vte", "litellm", "portkey")
 NS = "not served"
 
 
@@ -196,6 +196,17 @@ def readings(vte: dict[str, Any], peer: dict[str, Any], factor: float) -> tuple[
     return ok, parts
 
 
+def ceilings(res: dict[str, Any]) -> str:
+    """What bounds the streams reading on this machine: the stream client straight at the paced
+    upstream, nginx, and the Python stack vte-proxy is built on, with none of its code."""
+    gw = res["gateways"]
+    found = [(label, get(src, "streams", "sustained", "sustained") if name else get(src, "streams", "sustained"))
+             for label, name, src in (("rig", None, res.get("rig")), ("nginx", "nginx", gw.get("nginx")),
+                                      ("Python floor", "asgi", gw.get("asgi")))]
+    shown = [f"{label} {num(n, ',')}" for label, n in found if n is not None]
+    return f" (same run: {', '.join(shown)})" if shown else ""
+
+
 def targets(res: dict[str, Any]) -> list[str]:
     gw, mem = res["gateways"], res.get("memory") or {}
     vte = gw.get("vte")
@@ -220,7 +231,7 @@ def targets(res: dict[str, Any]) -> list[str]:
     s_v, s_p = get(vte, "streams", "sustained", "sustained"), get(pk, "streams", "sustained", "sustained")
     line(None if s_v is None else s_v >= 1000 and (s_p is None or s_v >= s_p),
          f"streams sustained >= 1,000 and >= Portkey's: {num(s_v, ',')} against "
-         f"{num(s_p, ',') if s_p is not None else 'Portkey ' + NS}")
+         f"{num(s_p, ',') if s_p is not None else 'Portkey ' + NS}{ceilings(res)}")
     g = get(mem, "vte", "growth_mib_per_min")
     line(None if g is None else g < 0.5, f"memory growth under 0.5 MiB/min after warm-up: {num(g, '+.3f')} MiB/min"
          f" over {get(mem, 'vte', 'minutes')} min")

@@ -1,7 +1,8 @@
 """``make bench``: vte-proxy and its peers measured side by side, in one run, by the neutral public
 board's method (see docs/performance.md and bench/README.md).
 
-Gateways: nginx ``proxy_pass`` (the floor), vte-proxy, LiteLLM proxy (one worker) and Portkey's
+Gateways: nginx ``proxy_pass`` (the floor), uvicorn + aiohttp alone (the Python floor: the stack
+vte-proxy is built on, none of its code), vte-proxy, LiteLLM proxy (one worker) and Portkey's
 gateway (Node), each alone on the gateway core; wrk, the mock upstreams and the stream client on
 the load core. Cells: added p50/p99 at one connection; the throughput frontier (req/s at p99
 under 1, 5, 10, 50 ms and unbounded, no failures); paced streams (added first-token time and
@@ -38,7 +39,7 @@ import gateways as gws
 import report
 from rig import HERE, Cores, Processes, load_1min, pick_cores, rss_mib, say, workdir, wrk
 
-ALL = ("nginx", "vte", "litellm", "portkey")
+ALL = ("nginx", "asgi", "vte", "litellm", "portkey")
 SECTIONS = ("latency", "frontier", "streams", "messages", "memory", "scaling")
 
 
@@ -227,6 +228,8 @@ def build(names: list[str], ports: gws.Ports, procs: Processes, cores: Cores, ve
         try:
             if name == "nginx":
                 out.append(gws.floor(ports, procs.work, versions["nginx"], cores.gateway))
+            elif name == "asgi":
+                out.append(gws.asgi_floor(ports, cores.gateway))
             elif name == "vte":
                 out.append(gws.vte(ports, procs.work, features, 1, cores.gateway, gateway_cmd))
             elif name == "litellm":

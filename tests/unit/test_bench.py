@@ -70,3 +70,17 @@ def test_a_peer_that_did_not_start_keeps_its_column() -> None:
     text = report.table(result({"label": "Portkey", "started": False, "evidence": "npm install failed"}))
     assert "Portkey did not start: npm install failed" in text
     assert "did not start" in next(line for line in text.splitlines() if line.startswith("req/s, unbounded"))
+
+
+def test_the_streams_target_shows_what_bounds_it_on_this_machine() -> None:
+    res = result({"label": "Portkey", "started": False, "evidence": "npm install failed"})
+    streams = {"served": True, "added_ttft_p50_ms": 3.0, "added_gap_p50_ms": 0.1, "added_gap_p99_ms": 1.5,
+               "sustained": {"sustained": 700, "steps": []}}
+    res["gateways"]["vte"]["streams"] = streams
+    res["gateways"]["asgi"] = {"label": "uvicorn+aiohttp", "version": "0 / 0", "streams": streams}
+    res["rig"]["streams"] = {"sustained": 1000}
+    text = report.table(res)
+    line = next(x for x in text.splitlines() if "streams sustained >= 1,000" in x)
+    assert line.startswith("  MISS") and line.endswith("(same run: rig 1,000, Python floor 700)")
+    columns = next(x for x in text.splitlines() if "vte-proxy" in x and "uvicorn+aiohttp" in x).split()
+    assert columns == ["uvicorn+aiohttp", "vte-proxy", "Portkey"]  # the Python floor's column before vte-proxy's
