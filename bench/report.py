@@ -200,9 +200,9 @@ def ceilings(res: dict[str, Any]) -> str:
     """What bounds the streams reading on this machine: the stream client straight at the paced
     upstream, nginx, and the Python stack vte-proxy is built on, with none of its code."""
     gw = res["gateways"]
-    found = [(label, get(src, "streams", "sustained", "sustained") if name else get(src, "streams", "sustained"))
-             for label, name, src in (("rig", None, res.get("rig")), ("nginx", "nginx", gw.get("nginx")),
-                                      ("Python floor", "asgi", gw.get("asgi")))]
+    found = [("rig", get(res, "rig", "streams", "sustained")),
+             ("nginx", get(gw, "nginx", "streams", "sustained", "sustained")),
+             ("Python floor", get(gw, "asgi", "streams", "sustained", "sustained"))]
     shown = [f"{label} {num(n, ',')}" for label, n in found if n is not None]
     return f" (same run: {', '.join(shown)})" if shown else ""
 
