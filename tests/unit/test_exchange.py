@@ -202,7 +202,6 @@ def test_a_websocket_error_after_the_first_frame_is_an_sse_error_frame(gw: InPro
     assert (entry["status"], entry["error"]) == (502, "truncated")
 
 
-
 class FailingSink:
     """A Sink whose first batch of events raises an exception no layer expects (a bug), then
     records what it is given."""
